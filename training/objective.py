@@ -1,0 +1,186 @@
+"""The ElasticNet objective: a pure, seeded fit of StandardScaler + ElasticNet scored on validation."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import ElasticNet
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from training.data import Split
+from training.errors import ConvergenceFailure, NonFiniteMetric, ParamError
+
+__all__ = [
+    "METRICS",
+    "ElasticNetParams",
+    "Metrics",
+    "PreparedSplit",
+    "build_pipeline",
+    "evaluate",
+    "fit_pipeline",
+    "nonzero_coefs",
+    "prepare",
+    "score",
+]
+
+METRICS: tuple[str, ...] = ("rmse", "mae", "r2", "nonzero_coefs", "fit_seconds")
+
+
+@dataclass(frozen=True)
+class ElasticNetParams:
+    """ElasticNet hyperparameters, checked against its constraints on creation."""
+
+    alpha: float = 1.0
+    l1_ratio: float = 0.5
+    max_iter: int = 1000
+    tol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _check_real("alpha", self.alpha, low=0.0, high=None)
+        _check_real("l1_ratio", self.l1_ratio, low=0.0, high=1.0)
+        _check_real("tol", self.tol, low=0.0, high=None)
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, Integral) or self.max_iter < 1:
+            raise ParamError(
+                "The 'max_iter' parameter of ElasticNet must be an int in the range [1, inf). "
+                f"Got {self.max_iter!r} instead."
+            )
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _check_real(name: str, value: object, low: float, high: float | None) -> None:
+    interval = f"[{low}, {'inf)' if high is None else f'{high}]'}"
+    ok = (
+        isinstance(value, Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+        and float(value) >= low
+        and (high is None or float(value) <= high)
+    )
+    if not ok:
+        raise ParamError(
+            f"The '{name}' parameter of ElasticNet must be a float in the range {interval}. "
+            f"Got {value!r} instead."
+        )
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Validation metrics of one fit."""
+
+    rmse: float
+    mae: float
+    r2: float
+    nonzero_coefs: int
+    fit_seconds: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    """A split with the scaler already applied: the scaler is the same for every config."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+def prepare(split: Split) -> PreparedSplit:
+    """Standardise once so that many evaluations share one scaler fit."""
+    scaler = StandardScaler().fit(split.x_train)
+    return PreparedSplit(
+        np.ascontiguousarray(scaler.transform(split.x_train)),
+        split.y_train,
+        np.ascontiguousarray(scaler.transform(split.x_val)),
+        split.y_val,
+    )
+
+
+def build_pipeline(params: ElasticNetParams, seed: int) -> Pipeline:
+    """The model users get: StandardScaler followed by ElasticNet."""
+    return Pipeline([("scaler", StandardScaler()), ("model", _elastic_net(params, seed))])
+
+
+def _elastic_net(params: ElasticNetParams, seed: int) -> ElasticNet:
+    return ElasticNet(
+        alpha=params.alpha,
+        l1_ratio=params.l1_ratio,
+        max_iter=params.max_iter,
+        tol=params.tol,
+        random_state=seed,
+    )
+
+
+def _fit_checked(estimator: Any, x: Any, y: Any, params: ElasticNetParams) -> None:
+    """Fit, turning sklearn's ConvergenceWarning into a ConvergenceFailure."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        try:
+            estimator.fit(x, y)
+        except ConvergenceWarning as exc:
+            raise ConvergenceFailure(
+                f"ElasticNet did not converge in max_iter={params.max_iter} "
+                f"(alpha={params.alpha}, l1_ratio={params.l1_ratio}): {exc}"
+            ) from exc
+
+
+def fit_pipeline(params: ElasticNetParams, x: pd.DataFrame, y: Any, seed: int) -> Pipeline:
+    """Fit the user-facing pipeline on named columns (so it keeps the feature names)."""
+    pipeline = build_pipeline(params, seed)
+    _fit_checked(pipeline, x, y, params)
+    return pipeline
+
+
+def nonzero_coefs(pipeline: Pipeline) -> int:
+    """How many ElasticNet coefficients are not exactly zero."""
+    return int(np.count_nonzero(pipeline.named_steps["model"].coef_))
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """rmse, mae and r2; raises NonFiniteMetric when any is NaN or infinite."""
+    if not np.all(np.isfinite(y_pred)):
+        raise NonFiniteMetric("predictions contain NaN or infinite values")
+    metrics = {
+        "rmse": math.sqrt(mean_squared_error(y_true, y_pred)),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "r2": float(r2_score(y_true, y_pred)),
+    }
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteMetric(f"non-finite metric(s) {bad}: {metrics}")
+    return metrics
+
+
+def evaluate(params: ElasticNetParams, data: PreparedSplit | Split, seed: int = 0) -> Metrics:
+    """Fit on train, score on validation; pure and seeded apart from fit_seconds.
+
+    Raises ConvergenceFailure when the solver stops at max_iter and NonFiniteMetric when a
+    metric is NaN or infinite: both are trial failures, never silent numbers.
+    """
+    prepared = data if isinstance(data, PreparedSplit) else prepare(data)
+    model = _elastic_net(params, seed)
+    start = time.perf_counter()
+    _fit_checked(model, prepared.x_train, prepared.y_train, params)
+    fit_seconds = time.perf_counter() - start
+    metrics = score(prepared.y_val, model.predict(prepared.x_val))
+    return Metrics(
+        rmse=metrics["rmse"],
+        mae=metrics["mae"],
+        r2=metrics["r2"],
+        nonzero_coefs=int(np.count_nonzero(model.coef_)),
+        fit_seconds=fit_seconds,
+    )
