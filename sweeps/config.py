@@ -143,16 +143,18 @@ class Objective(_Strict):
     direction: Literal["minimize", "maximize"] = "minimize"
 
 
+def _default_space() -> dict[str, SearchParam]:
+    return {
+        "alpha": FloatParam(type="loguniform", low=1e-4, high=10.0),
+        "l1_ratio": FloatParam(type="uniform", low=0.0, high=1.0),
+    }
+
+
 class SweepConfig(_Strict):
     """Search space, objectives, sampler and budget of a sweep."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    search_space: dict[str, SearchParam] = Field(
-        default_factory=lambda: {
-            "alpha": FloatParam(type="loguniform", low=1e-4, high=10.0),
-            "l1_ratio": FloatParam(type="uniform", low=0.0, high=1.0),
-        }
-    )
+    search_space: dict[str, SearchParam] = Field(default_factory=lambda: _default_space())
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(metric="rmse", direction="minimize")], min_length=1
     )

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
-from mlflow.data.pandas_dataset import PandasDataset
+from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 
 from sweeps.data import DataBundle
 
@@ -80,7 +80,7 @@ def _dataset_source(bundle: DataBundle) -> DatasetSource:
 
 def mlflow_dataset(bundle: DataBundle, part: str = "train") -> PandasDataset:
     """The split part as an MLflow dataset carrying the dataset card's digest."""
-    return mlflow.data.from_pandas(
+    return from_pandas(
         bundle.frame(part),
         source=_dataset_source(bundle),
         targets="quality",

@@ -251,7 +251,7 @@ def read_wine_csv(path: Path) -> pd.DataFrame:
         values = pd.to_numeric(text.replace("", "nan"), errors="coerce")
         bad = values.isna() & ~text.str.lower().isin(["", "nan", "na", "inf", "-inf", "infinity"])
         if bad.any():
-            row = int(bad.idxmax())
+            row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
                 f"{path}: column {column!r}, row {row + 2}: value {frame.at[row, column]!r} is not numeric."
             )
@@ -270,8 +270,9 @@ def read_wine_csv(path: Path) -> pd.DataFrame:
 def _invalid_reasons(frame: pd.DataFrame) -> pd.Series:
     """Per row, the first quality rule it breaks ('' when none), in a fixed order of rules."""
     reasons = pd.Series("", index=frame.index, dtype=object)
+    finite = pd.Series(np.isfinite(frame.to_numpy()).all(axis=1), index=frame.index)
     checks: list[tuple[str, pd.Series]] = [
-        ("missing_or_nonfinite", ~np.isfinite(frame).all(axis=1)),
+        ("missing_or_nonfinite", ~finite),
         ("negative_concentration", (frame[list(_CONCENTRATIONS)] < 0).any(axis=1)),
         ("ph_out_of_range", ~frame["pH"].between(*_PH_RANGE)),
         ("density_out_of_range", ~frame["density"].between(*_DENSITY_RANGE)),
@@ -301,7 +302,7 @@ def load_dataset(
         reasons = _invalid_reasons(frame)
         invalid = reasons != ""
         if invalid.any() and invalid_rows == "error":
-            first = int(invalid.idxmax())
+            first = int(np.flatnonzero(invalid.to_numpy())[0])
             counts = dict(Counter(reasons[invalid]))
             raise DataError(
                 f"{raw.path}: {int(invalid.sum())} invalid row(s) {counts}; first at row {first + 2} "

@@ -1,0 +1,16 @@
+"""The `sweeps` command line: thin commands that parse, load config, call one function, render.
+
+Each command lives in its own module, which registers itself on the shared Typer app.
+"""
+
+from __future__ import annotations
+
+from sweeps.cli import data, train  # noqa: F401  (imported to register commands)
+from sweeps.cli.common import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

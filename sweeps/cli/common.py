@@ -1,0 +1,88 @@
+"""Shared pieces of the CLI: the Typer app, error-to-exit-code guard, common options."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from sweeps.config import Config, load_config
+from sweeps.errors import ConfigError, DataError, ParamError, SweepsError, UsageError
+
+__all__ = [
+    "ConfigOption",
+    "JsonOption",
+    "OverridesArg",
+    "app",
+    "console",
+    "err_console",
+    "guard",
+    "load",
+    "print_json",
+]
+
+app = typer.Typer(
+    help="Hyperparameter sweeps of ElasticNet on wine quality: Ray Tune + Optuna, tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+T = TypeVar("T")
+USAGE_ERRORS = (ConfigError, DataError, ParamError, UsageError)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (default: configs/wine.yaml).", exists=False),
+]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Overrides as key=value: dotted keys set config fields (data.path=../shared/data), "
+        "bare alpha/l1_ratio/max_iter/tol set the model's params.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def guard(action: Callable[[], T]) -> T:
+    """Run a command body: exit 2 on usage/config/data errors, 1 on a failed run."""
+    try:
+        return action()
+    except SweepsError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        code = 2 if isinstance(exc, USAGE_ERRORS) else 1
+        kind = "error" if code == 2 else "run failed"
+        err_console.print(f"[red]{kind}:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(code) from None
+
+
+def load(config: Path | None, overrides: list[str] | None) -> Config:
+    return load_config(config, overrides or [])
+
+
+def print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
