@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,7 +38,7 @@ class TrialRecord:
     def key(self) -> str:
         return trial_key(self.sweep, self.number)
 
-    def is_usable(self, metrics: list[str] | tuple[str, ...]) -> bool:
+    def is_usable(self, metrics: Sequence[str]) -> bool:
         """Complete, and every named metric present and finite: only such trials may be selected."""
         return self.state == "COMPLETE" and all(
             m in self.metrics and math.isfinite(self.metrics[m]) for m in metrics

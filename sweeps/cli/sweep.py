@@ -1,0 +1,190 @@
+"""`sweeps run`, `resume`, `ls`, `show`: run a sweep with a live progress bar, and inspect sweeps."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sweeps.cli.common import ConfigOption, JsonOption, OverridesArg, app, console, guard, load, print_json
+from sweeps.config import Config
+
+if TYPE_CHECKING:
+    from sweeps.engine import SweepOutcome
+
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).", show_default=False),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+StorageOption = Annotated[
+    Path | None,
+    typer.Option("--storage", help="Sweep-state folder (default: sweep.storage of the config)."),
+]
+INTERRUPTED_EXIT = 130
+
+
+def _progress_bar(quiet: bool) -> Progress | None:
+    if quiet:
+        return None
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TextColumn("best {task.fields[best]}"),
+        TextColumn("{task.fields[rate]:.0f} trials/s"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def execute_sweep(config: Config, address: str | None, quiet: bool) -> SweepOutcome:
+    """Run a sweep with the progress bar and the tracking callback the config asks for."""
+    from sweeps.engine import Progress as Snapshot
+    from sweeps.engine import run_sweep
+
+    bar = _progress_bar(quiet)
+    task: list[Any] = []
+
+    def on_progress(snap: Snapshot) -> None:
+        if bar is None:
+            return
+        if not task:
+            task.append(bar.add_task("sweep", total=snap.total, failed=0, best="-", rate=0.0))
+        bar.update(task[0], completed=snap.done, failed=snap.failed, best=snap.best, rate=snap.rate)
+
+    if bar is not None:
+        with bar:
+            return run_sweep(config, address=address, on_progress=on_progress)
+    return run_sweep(config, address=address)
+
+
+def render_outcome(outcome: SweepOutcome) -> None:
+    """Print a sweep's result: counts, speed and the best trial or Pareto front."""
+    metrics = [m for m, _ in outcome.objectives]
+    title = "Pareto front" if len(metrics) > 1 else "Best trial"
+    table = Table(title=f"{title} of {outcome.name}")
+    table.add_column("trial", justify="right")
+    params = sorted({k for r in outcome.best for k in r.params})
+    for name in [*params, *metrics]:
+        table.add_column(name, justify="right")
+    for record in outcome.best[:20]:
+        cells = [f"{record.params[p]:.5g}" if isinstance(record.params.get(p), float) else str(record.params.get(p))
+                 for p in params]
+        table.add_row(str(record.number), *cells, *(f"{record.metrics[m]:.5g}" for m in metrics))
+    console.print(table)
+    if len(outcome.best) > 20:
+        console.print(f"... {len(outcome.best) - 20} more on the front")
+    console.print(
+        f"{outcome.status}: {len(outcome.records)}/{outcome.requested} trials "
+        f"({outcome.failed} failed), {outcome.evaluated_now} evaluated now in {outcome.wall_s:.1f} s "
+        f"({outcome.trials_per_s:.0f} trials/s). State: {outcome.state_dir}"
+    )
+
+
+def finish(outcome: SweepOutcome, as_json: bool) -> None:
+    """Render the outcome and exit 130 when the sweep was interrupted."""
+    if as_json:
+        print_json(outcome.summary())
+    else:
+        render_outcome(outcome)
+    if outcome.status == "interrupted":
+        console.print(f"interrupted: continue with `sweeps resume {outcome.name}` (or the same command again)")
+        raise typer.Exit(INTERRUPTED_EXIT)
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    overrides: OverridesArg = None,
+    address: AddressOption = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a sweep: Ray Tune executes configs asked from Optuna; the same command resumes it."""
+
+    def body() -> None:
+        cfg = load(config, overrides)
+        finish(execute_sweep(cfg, address, quiet), as_json)
+
+    guard(body)
+
+
+@app.command()
+def resume(
+    name: Annotated[str, typer.Argument(help="Sweep name, as listed by `sweeps ls`.")],
+    storage: StorageOption = None,
+    config: ConfigOption = None,
+    address: AddressOption = None,
+    quiet: QuietOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Continue an interrupted sweep from where it stopped, with the config it started with."""
+    from sweeps.state import SweepState
+
+    def body() -> None:
+        root = storage or Path(load(config, []).sweep.storage)
+        stored = SweepState(root.resolve(), name).config()
+        finish(execute_sweep(stored, address, quiet), as_json)
+
+    guard(body)
+
+
+@app.command("ls")
+def list_(
+    storage: StorageOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List sweeps with their status and trial counts."""
+    from sweeps.state import list_sweeps
+
+    def body() -> None:
+        root = storage or Path(load(config, []).sweep.storage)
+        rows = []
+        for state in list_sweeps(root.resolve()):
+            meta = state.read_meta()
+            rows.append({"name": state.name, "status": meta.get("status"), "requested": meta.get("requested"),
+                         **state.counts(), "started": meta.get("started")})
+        if as_json:
+            print_json(rows)
+            return
+        table = Table(title=f"Sweeps in {root}")
+        for column in ("name", "status", "requested", "complete", "failed", "running", "started"):
+            table.add_column(column)
+        for row in rows:
+            started = dt.datetime.fromtimestamp(float(row["started"])).isoformat(" ", "seconds") if row["started"] else "-"
+            table.add_row(*(str(row[c]) for c in ("name", "status", "requested", "complete", "failed", "running")),
+                          started)
+        console.print(table)
+
+    guard(body)
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="Sweep name, as listed by `sweeps ls`.")],
+    storage: StorageOption = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Summarise one sweep: status, counts, objectives and its best trials."""
+    from sweeps.engine import load_outcome
+
+    def body() -> None:
+        root = storage or Path(load(config, []).sweep.storage)
+        outcome = load_outcome(root.resolve(), name)
+        if as_json:
+            print_json(outcome.summary())
+        else:
+            render_outcome(outcome)
+            journal = outcome.state_dir / "optuna.journal"
+            console.print(f"optuna-dashboard: optuna-dashboard {journal}")
+
+    guard(body)
