@@ -23,6 +23,7 @@ __all__ = [
     "IntParam",
     "KneePolicy",
     "LexicographicPolicy",
+    "Metric",
     "ModelConfig",
     "Objective",
     "RegistryConfig",
@@ -154,7 +155,7 @@ class SweepConfig(_Strict):
     """Search space, objectives, sampler and budget of a sweep."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    search_space: dict[str, SearchParam] = Field(default_factory=lambda: _default_space())
+    search_space: dict[str, SearchParam] = Field(default_factory=_default_space)
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(metric="rmse", direction="minimize")], min_length=1
     )
@@ -328,9 +329,17 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc}).") from exc
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({_yaml_problem(exc)}).") from exc
         _set_dotted(tree, key, value)
     return tree
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its own text spans several lines)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def _format_errors(exc: ValidationError, where: str) -> str:
@@ -340,7 +349,7 @@ def _format_errors(exc: ValidationError, where: str) -> str:
         message = error["msg"].removeprefix("Value error, ")
         got = error.get("input")
         suffix = "" if error["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{where}: {location or '<root>'}: {message}{suffix}")
+        lines.append(f"{where}: {location + ': ' if location else ''}{message}{suffix}")
     return "\n".join(lines)
 
 
@@ -357,7 +366,7 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     try:
         tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc}).") from exc
+        raise ConfigError(f"{source}: not valid YAML ({_yaml_problem(exc)}).") from exc
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(tree).__name__}.")
     where = str(source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import warnings
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from sweeps.data import DataBundle
 __all__ = ["ensure_experiment", "is_local_uri", "mlflow_dataset", "sqlite_path", "use_tracking"]
 
 log = logging.getLogger(__name__)
+
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -47,15 +50,23 @@ def use_tracking(uri: str) -> Iterator[MlflowClient]:
     """Point MLflow's fluent API and a client at `uri` for the duration of the block."""
     if (path := sqlite_path(uri)) is not None:
         _enable_wal(path)
+    # mlflow.set_*_uri also export MLFLOW_*_URI for subprocesses: put those back too, or the
+    # store would outlive the block (in tests, in Ray workers started later).
+    saved_env = {name: os.environ.get(name) for name in _URI_ENV}
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield MlflowClient(tracking_uri=uri, registry_uri=uri)
     finally:
-        if previous is not None:
-            mlflow.set_tracking_uri(previous)
-            mlflow.set_registry_uri(previous)
+        # None resets MLflow's global URIs to "unset" (its own _use_tracking_uri does the same).
+        mlflow.set_tracking_uri(previous)  # type: ignore[arg-type]
+        mlflow.set_registry_uri(previous)  # type: ignore[arg-type]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:

@@ -73,5 +73,5 @@ def train_once(config: Config, bundle: DataBundle | None = None) -> TrainResult:
             )
     log.info("run %s logged to %s", run.info.run_id, uri)
     return TrainResult(
-        run.info.run_id, experiment_id, uri, info.model_uri, metrics, bundle.digest
+        run.info.run_id, run.info.experiment_id, uri, info.model_uri, metrics, bundle.digest
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import io
 import os
 import urllib.error
 import urllib.request
@@ -226,16 +228,22 @@ def resolve_sources(path: Path | None, wine: WineKind, cache_dir: Path | None = 
 def read_wine_csv(path: Path) -> pd.DataFrame:
     """Read one wine CSV (`;` with quoted headers as UCI ships it, or plain `,`) and check its schema."""
     try:
-        with path.open("r", encoding="utf-8") as handle:
-            header = handle.readline()
-    except (OSError, UnicodeDecodeError) as exc:
+        payload = path.read_bytes()
+    except OSError as exc:
         raise DataError(f"{path}: cannot read the file ({exc}).") from exc
+    payload = payload.removeprefix(codecs.BOM_UTF8)  # spreadsheets often save CSV with a BOM
+    try:
+        content = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        row = payload.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}: cannot read the file: row {row} is not UTF-8 text ({exc.reason}).") from exc
+    header = content.partition("\n")[0]
     if not header.strip():
         raise DataError(f"{path}: the file is empty (no header row).")
     separator = ";" if header.count(";") > header.count(",") else ","
     try:
-        frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        frame = pd.read_csv(io.StringIO(content), sep=separator, dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as exc:
         raise DataError(f"{path}: cannot parse as CSV with separator {separator!r} ({exc}).") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
     expected = (*FEATURES, TARGET)
