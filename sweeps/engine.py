@@ -299,7 +299,10 @@ def _connect_ray(address: str | None, concurrency: int) -> bool:
     if target:
         ray.init(address=target, log_to_driver=False, configure_logging=False)
     else:
+        # "local" always starts a private instance, never attaching to a `ray start` cluster
+        # that happens to run on this machine: a laptop sweep stays on the laptop.
         ray.init(
+            address="local",
             num_cpus=max(concurrency, os.cpu_count() or 1),
             include_dashboard=False,
             log_to_driver=False,

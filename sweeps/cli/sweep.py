@@ -10,7 +10,17 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sweeps.cli.common import ConfigOption, JsonOption, OverridesArg, app, console, guard, load, print_json
+from sweeps.cli.common import (
+    ConfigOption,
+    JsonOption,
+    OverridesArg,
+    app,
+    console,
+    err_console,
+    guard,
+    load,
+    print_json,
+)
 from sweeps.config import Config
 
 if TYPE_CHECKING:
@@ -28,7 +38,7 @@ StorageOption = Annotated[
 INTERRUPTED_EXIT = 130
 
 
-def _progress_bar(quiet: bool) -> Progress | None:
+def _progress_bar(quiet: bool, to_stderr: bool) -> Progress | None:
     if quiet:
         return None
     return Progress(
@@ -39,17 +49,17 @@ def _progress_bar(quiet: bool) -> Progress | None:
         TextColumn("best {task.fields[best]}"),
         TextColumn("{task.fields[rate]:.0f} trials/s"),
         TimeRemainingColumn(),
-        console=console,
+        console=err_console if to_stderr else console,
         transient=False,
     )
 
 
-def execute_sweep(config: Config, address: str | None, quiet: bool) -> SweepOutcome:
+def execute_sweep(config: Config, address: str | None, quiet: bool, as_json: bool = False) -> SweepOutcome:
     """Run a sweep with the progress bar and the tracking callback the config asks for."""
     from sweeps.engine import Progress as Snapshot
     from sweeps.engine import run_sweep
 
-    bar = _progress_bar(quiet)
+    bar = _progress_bar(quiet, to_stderr=as_json)
     task: list[Any] = []
 
     def on_progress(snap: Snapshot) -> None:
@@ -95,7 +105,8 @@ def finish(outcome: SweepOutcome, as_json: bool) -> None:
     else:
         render_outcome(outcome)
     if outcome.status == "interrupted":
-        console.print(f"interrupted: continue with `sweeps resume {outcome.name}` (or the same command again)")
+        hint = f"interrupted: continue with `sweeps resume {outcome.name}` (or the same command again)"
+        (err_console if as_json else console).print(hint)
         raise typer.Exit(INTERRUPTED_EXIT)
 
 
@@ -111,7 +122,7 @@ def run(
 
     def body() -> None:
         cfg = load(config, overrides)
-        finish(execute_sweep(cfg, address, quiet), as_json)
+        finish(execute_sweep(cfg, address, quiet, as_json), as_json)
 
     guard(body)
 
@@ -131,7 +142,7 @@ def resume(
     def body() -> None:
         root = storage or Path(load(config, []).sweep.storage)
         stored = SweepState(root.resolve(), name).config()
-        finish(execute_sweep(stored, address, quiet), as_json)
+        finish(execute_sweep(stored, address, quiet, as_json), as_json)
 
     guard(body)
 
@@ -159,7 +170,9 @@ def list_(
         for column in ("name", "status", "requested", "complete", "failed", "running", "started"):
             table.add_column(column)
         for row in rows:
-            started = dt.datetime.fromtimestamp(float(row["started"])).isoformat(" ", "seconds") if row["started"] else "-"
+            started = "-"
+            if row["started"]:
+                started = dt.datetime.fromtimestamp(float(row["started"])).isoformat(" ", "seconds")
             table.add_row(*(str(row[c]) for c in ("name", "status", "requested", "complete", "failed", "running")),
                           started)
         console.print(table)
