@@ -51,7 +51,7 @@ class DataConfig(_Strict):
 
     path: Path | None = Field(
         default_factory=lambda: Path(p) if (p := os.environ.get("SWEEPS_DATA_PATH")) else None,
-        description="Local CSV file or folder with the UCI file names; unset downloads from UCI.",
+        description="Local CSV file or folder with the UCI file names; unset: $SWEEPS_DATA_PATH, else UCI.",
     )
     wine: Literal["red", "white", "both"] = "white"
     drop_duplicates: bool = True
@@ -61,7 +61,8 @@ class DataConfig(_Strict):
     @field_validator("path", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
-        return None if value in ("", None) else value
+        # null or "" (`data.path=`, as MLproject passes it) is unset: $SWEEPS_DATA_PATH, else download.
+        return (os.environ.get("SWEEPS_DATA_PATH") or None) if value in ("", None) else value
 
 
 class SplitConfig(_Strict):

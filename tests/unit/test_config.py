@@ -280,19 +280,20 @@ def test_override_value_must_be_yaml() -> None:
         load_config(None, ["alpha=[1"])
 
 
-def test_empty_data_path_means_download(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWEEPS_DATA_PATH", "/somewhere/else")
-    assert DataConfig().path == Path("/somewhere/else")
-    assert load_config(None, ["data.path="]).data.path is None
-    assert load_config(None, ["data.path=''"]).data.path is None
+@pytest.mark.parametrize("item", ["data.path=", "data.path=''", "data.path=null"])
+def test_empty_data_path_means_download(monkeypatch: pytest.MonkeyPatch, item: str) -> None:
+    monkeypatch.delenv("SWEEPS_DATA_PATH", raising=False)
+    assert load_config(None, [item]).data.path is None
 
 
-def test_data_path_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["data: {wine: red}\n", "data: {path: null}\n", "data: {path: ''}\n"])
+def test_unset_data_path_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
     monkeypatch.setenv("SWEEPS_DATA_PATH", str(tmp_path))
-    path = write(tmp_path, "data: {wine: red}\n")
+    path = write(tmp_path, text)
     assert load_config(path).data.path == tmp_path
-    monkeypatch.delenv("SWEEPS_DATA_PATH")
-    assert load_config(path).data.path is None
+    assert load_config(None, ["data.path="]).data.path == tmp_path  # configs/wine.yaml has path: null
+    assert load_config(None, ["data.path=elsewhere"]).data.path == Path("elsewhere")
+    assert DataConfig().path == tmp_path
 
 
 def test_tracking_uri_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
