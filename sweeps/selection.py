@@ -1,0 +1,294 @@
+"""Best-trial selection over plain trial records: the Pareto front and one winner by a stated policy.
+
+Pure functions: no Ray, no MLflow. A trial counts only when `TrialRecord.is_usable` holds for
+every objective metric (complete, present, finite); failed and non-finite trials never count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sweeps.config import ConstraintPolicy, KneePolicy, LexicographicPolicy, Objective, WeightedPolicy
+from sweeps.errors import SweepsError
+from sweeps.records import TrialRecord
+
+__all__ = ["Policy", "Selection", "SelectionError", "describe_policy", "pareto_front", "select_best"]
+
+Policy = LexicographicPolicy | ConstraintPolicy | KneePolicy | WeightedPolicy
+_BLOCK = 256  # rows settled per vectorised step of the n-objective front
+_CHUNK = 4096  # rows compared at once: bounds memory to _BLOCK * _CHUNK * k booleans
+
+
+class SelectionError(SweepsError):
+    """No trial can be selected: none usable, none satisfying the constraints, or a bad policy."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen trial, the Pareto front it was chosen from, and why."""
+
+    chosen: TrialRecord
+    front: tuple[TrialRecord, ...]
+    policy: str
+    reason: str
+    usable: int = 0
+    excluded: int = 0
+
+
+def _check_objectives(objectives: Sequence[Objective]) -> list[str]:
+    metrics: list[str] = [o.metric for o in objectives]
+    if not metrics:
+        raise SelectionError("at least one objective is needed to select a trial, got none.")
+    if len(set(metrics)) != len(metrics):
+        raise SelectionError(f"objective metrics must be distinct, got {metrics}.")
+    return metrics
+
+
+def _sign(objective: Objective) -> float:
+    return 1.0 if objective.direction == "minimize" else -1.0
+
+
+def _oriented(records: Sequence[TrialRecord], objectives: Sequence[Objective]) -> np.ndarray:
+    """Objective values as an (n, k) matrix in which lower is always better."""
+    values = np.empty((len(records), len(objectives)), dtype=float)
+    for j, objective in enumerate(objectives):
+        values[:, j] = [_sign(objective) * r.metrics[objective.metric] for r in records]
+    return values
+
+
+def _front_2d(values: np.ndarray) -> np.ndarray:
+    """Indices of non-dominated rows of an (n, 2) minimisation matrix, by one sort."""
+    order = np.lexsort((values[:, 1], values[:, 0]))
+    f1, f2 = values[order, 0], values[order, 1]
+    starts = np.r_[True, f1[1:] != f1[:-1]]
+    group = np.cumsum(starts) - 1
+    group_min = f2[starts]  # sorted by f2 within equal f1, so a group's first row holds its minimum
+    best_before = np.r_[np.inf, np.minimum.accumulate(group_min)[:-1]]
+    # A row survives when it is the lowest f2 of its f1 group (duplicates included) and strictly
+    # below every f2 seen at a smaller f1.
+    keep = (f2 == group_min[group]) & (group_min[group] < best_before[group])
+    return np.asarray(order[keep])
+
+
+def _dominated_by_any(front: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """For each row of `points`, whether some row of `front` dominates it (chunked to bound memory)."""
+    out = np.zeros(len(points), dtype=bool)
+    for start in range(0, len(points), _CHUNK):
+        chunk = points[None, start : start + _CHUNK, :]
+        better_or_equal = np.all(front[:, None, :] <= chunk, axis=2)
+        strictly = np.any(front[:, None, :] < chunk, axis=2)
+        out[start : start + _CHUNK] = np.any(better_or_equal & strictly, axis=0)
+    return out
+
+
+def _front_nd(values: np.ndarray) -> np.ndarray:
+    """Indices of non-dominated rows of an (n, k) minimisation matrix, vectorised block by block.
+
+    Rows are visited in lexicographic order, where a dominator always comes first. So within the
+    next block only earlier block rows can dominate a row: the block's own non-dominated rows are
+    on the front, and they then remove every later row they dominate at once.
+    """
+    order = np.lexsort(values.T[::-1])
+    points, ids = values[order], order
+    kept: list[np.ndarray] = []
+    while len(ids):
+        block, block_ids = points[:_BLOCK], ids[:_BLOCK]
+        heads = ~_dominated_by_any(block, block)
+        front = block[heads]
+        kept.append(block_ids[heads])
+        points, ids = points[len(block) :], ids[len(block) :]
+        if len(ids):
+            alive = ~_dominated_by_any(front, points)
+            points, ids = points[alive], ids[alive]
+    return np.concatenate(kept) if kept else np.empty(0, dtype=int)
+
+
+def _sort_key(record: TrialRecord, objectives: Sequence[Objective]) -> tuple[float | int | str, ...]:
+    return (*(_sign(o) * record.metrics[o.metric] for o in objectives), record.number, record.sweep)
+
+
+def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[TrialRecord]:
+    """The non-dominated usable trials, best first on the first objective, then trial number.
+
+    Trials with equal objective values do not dominate each other, so both stay on the front.
+    No usable trial gives an empty list.
+    """
+    metrics = _check_objectives(objectives)
+    usable = [r for r in records if r.is_usable(metrics)]
+    if not usable:
+        return []
+    values = _oriented(usable, objectives)
+    picked = _front_2d(values) if values.shape[1] == 2 else _front_nd(values)
+    return sorted((usable[i] for i in picked), key=lambda r: _sort_key(r, objectives))
+
+
+def _label(objective: Objective) -> str:
+    return f"{objective.metric} ({objective.direction[:3]})"
+
+
+def _lexicographic_order(policy: LexicographicPolicy, objectives: Sequence[Objective]) -> list[Objective]:
+    by_metric = {o.metric: o for o in objectives}
+    order = list(policy.order or [])
+    stray = [m for m in order if m not in by_metric]
+    if stray:
+        raise SelectionError(f"lexicographic order names metric(s) {stray} that are not objectives {list(by_metric)}.")
+    return [by_metric[m] for m in order] + [o for o in objectives if o.metric not in order]
+
+
+def describe_policy(policy: Policy | None, objectives: Sequence[Objective]) -> str:
+    """A one-line, stable description of the policy (also used as a registry tag)."""
+    if len(objectives) == 1 and not isinstance(policy, ConstraintPolicy):
+        return f"single objective: {_label(objectives[0])}"
+    if policy is None or isinstance(policy, LexicographicPolicy):
+        order = _lexicographic_order(policy or LexicographicPolicy(kind="lexicographic"), objectives)
+        return "lexicographic: " + ", then ".join(_label(o) for o in order)
+    if isinstance(policy, ConstraintPolicy):
+        bounds = _bounds_text(policy) or "no bounds"
+        return f"constraint: best {policy.metric} subject to {bounds}"
+    if isinstance(policy, KneePolicy):
+        labels = ", ".join(_label(o) for o in objectives)
+        return f"knee: closest to the ideal point of {labels}, min-max normalised over the front"
+    weights = _weights(policy)
+    terms = " + ".join(f"{weights.get(o.metric, 0.0):g}*{_label(o)}" for o in objectives)
+    return f"weighted: lowest {terms}, min-max normalised over the front"
+
+
+def _weights(policy: WeightedPolicy) -> dict[str, float]:
+    return {str(metric): weight for metric, weight in policy.weights.items()}
+
+
+def _bounds_text(policy: ConstraintPolicy) -> str:
+    parts = [f"{m} <= {v:g}" for m, v in sorted(policy.max.items())]
+    parts += [f"{m} >= {v:g}" for m, v in sorted(policy.min.items())]
+    return ", ".join(parts)
+
+
+def _first_line(error: str | None) -> str:
+    lines = (error or "").strip().splitlines()
+    return lines[0][:200] if lines else "no error recorded"
+
+
+def _no_usable_message(records: Sequence[TrialRecord], metrics: list[str]) -> str:
+    if not records:
+        return "no trial to select from: the sweep recorded 0 trials."
+    failed = [r for r in records if r.state != "COMPLETE"]
+    incomplete = len(records) - len(failed)
+    message = f"no usable trial among {len(records)}: {len(failed)} failed"
+    if failed:
+        errors = Counter(_first_line(r.error) for r in failed)
+        error, count = errors.most_common(1)[0]
+        message += f" (most common error, {count} of {len(failed)}: {error!r})"
+    if incomplete:
+        message += f", {incomplete} complete but with a missing or non-finite metric among {metrics}"
+    return message + "; nothing can be selected."
+
+
+def _normalised(front: Sequence[TrialRecord], objectives: Sequence[Objective]) -> np.ndarray:
+    """Min-max normalise oriented objective values over the front: 0 is the ideal, 1 the worst."""
+    values = _oriented(front, objectives)
+    low, high = values.min(axis=0), values.max(axis=0)
+    span = np.where(high > low, high - low, 1.0)
+    return np.asarray((values - low) / span)
+
+
+def _argmin(scores: np.ndarray, candidates: Sequence[TrialRecord]) -> int:
+    """Index of the lowest score; exact ties go to the lower trial number."""
+    return min(range(len(candidates)), key=lambda i: (float(scores[i]), candidates[i].number, candidates[i].sweep))
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _select_constraint(
+    policy: ConstraintPolicy, usable: list[TrialRecord], objectives: Sequence[Objective]
+) -> tuple[TrialRecord, str]:
+    by_metric = {o.metric: o for o in objectives}
+    if policy.metric not in by_metric:
+        raise SelectionError(
+            f"constraint policy metric {policy.metric!r} must be one of the objectives {list(by_metric)}."
+        )
+
+    def satisfies(record: TrialRecord) -> bool:
+        def value(metric: str) -> float:
+            v = record.metrics.get(metric, math.nan)
+            return v if math.isfinite(v) else math.nan  # NaN fails every comparison below
+
+        return all(value(m) <= bound for m, bound in policy.max.items()) and all(
+            value(m) >= bound for m, bound in policy.min.items()
+        )
+
+    feasible = [r for r in usable if satisfies(r)]
+    if not feasible:
+        raise SelectionError(
+            f"no trial satisfies the constraint bounds ({_bounds_text(policy) or 'none'}): "
+            f"checked {len(usable)} usable trial(s); relax a bound or run a larger sweep."
+        )
+    primary = by_metric[policy.metric]
+    order = [primary] + [o for o in objectives if o is not primary]
+    chosen = min(feasible, key=lambda r: _sort_key(r, order))
+    reason = (
+        f"trial {chosen.number} has the best {_label(primary)} = {_fmt(chosen.metrics[primary.metric])} "
+        f"among {len(feasible)} of {len(usable)} usable trials within bounds ({_bounds_text(policy) or 'none'})"
+    )
+    return chosen, reason
+
+
+def select_best(
+    records: Sequence[TrialRecord],
+    objectives: Sequence[Objective],
+    policy: Policy | None = None,
+) -> Selection:
+    """Choose one usable trial by `policy` (None: lexicographic in objective order).
+
+    Single objective: the best trial, whatever the policy, except that a constraint policy still
+    applies its bounds. Lexicographic: best on the first metric of `order` (default: objective
+    order), ties on the next, then on the remaining objectives. Constraint: best on its metric
+    (ties on the other objectives) among trials meeting every `max`/`min` bound; a trial lacking a
+    bound's metric does not meet it. Knee: smallest Euclidean distance to the ideal point after
+    min-max normalising each objective over the front. Weighted: lowest weighted sum of those
+    normalised values. Ties that remain are broken by the lower trial number (then sweep name).
+    Raises SelectionError when no trial is usable or none meets the constraints.
+    """
+    metrics = _check_objectives(objectives)
+    usable = [r for r in records if r.is_usable(metrics)]
+    if not usable:
+        raise SelectionError(_no_usable_message(records, metrics))
+    front = pareto_front(usable, objectives)
+    description = describe_policy(policy, objectives)
+    excluded = len(records) - len(usable)
+    counts = f"{len(front)} front trial(s) of {len(usable)} usable, {excluded} excluded"
+
+    if isinstance(policy, ConstraintPolicy):
+        chosen, reason = _select_constraint(policy, usable, objectives)
+    elif len(objectives) == 1:
+        chosen = front[0]
+        reason = f"trial {chosen.number} has the best {_label(objectives[0])} = " + (
+            f"{_fmt(chosen.metrics[metrics[0]])} ({counts})"
+        )
+    elif policy is None or isinstance(policy, LexicographicPolicy):
+        order = _lexicographic_order(policy or LexicographicPolicy(kind="lexicographic"), objectives)
+        chosen = min(front, key=lambda r: _sort_key(r, order))
+        values = ", ".join(f"{o.metric}={_fmt(chosen.metrics[o.metric])}" for o in order)
+        reason = f"trial {chosen.number} is lexicographically best ({values}; {counts})"
+    elif isinstance(policy, KneePolicy):
+        distance = np.sqrt((_normalised(front, objectives) ** 2).sum(axis=1))
+        i = _argmin(distance, front)
+        chosen = front[i]
+        reason = f"trial {chosen.number} is closest to the ideal point (distance {_fmt(float(distance[i]))}; {counts})"
+    else:
+        stray = sorted(set(policy.weights) - set(metrics))
+        if stray:
+            raise SelectionError(f"weighted policy names metric(s) {stray} that are not objectives {metrics}.")
+        named = _weights(policy)
+        weights = np.array([named.get(m, 0.0) for m in metrics])
+        total = _normalised(front, objectives) @ weights
+        i = _argmin(total, front)
+        chosen = front[i]
+        reason = f"trial {chosen.number} has the lowest weighted sum ({_fmt(float(total[i]))}; {counts})"
+    return Selection(chosen, tuple(front), description, reason, usable=len(usable), excluded=excluded)
