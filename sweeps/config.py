@@ -160,12 +160,14 @@ class SweepConfig(_Strict):
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(metric="rmse", direction="minimize")], min_length=1
     )
-    sampler: Literal["auto", "tpe", "nsga2", "random"] = "auto"
+    sampler: Literal["auto", "tpe", "nsga2", "random"] = Field(
+        "auto", description="auto = TPE on a bounded window of history (multi-objective TPE for several objectives)."
+    )
     seed: int = 0
     num_trials: int = Field(1000, ge=1)
     concurrency: int = Field(2, ge=1, description="Tune workers running at once.")
     batch_size: int = Field(
-        16, ge=1, description="Configs evaluated per Tune trial: asked from Optuna and told back together."
+        64, ge=1, description="Configs evaluated per Tune trial: asked from Optuna and told back together."
     )
     tpe_window: int = Field(
         1000, ge=10, description="TPE learns from at most this many recent trials, bounding ask cost."
@@ -273,6 +275,7 @@ class ServeConfig(_Strict):
     max_rows: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     alias_poll_s: float = Field(5.0, gt=0, description="How often the alias is re-read for hot swap.")
+    access_log: bool = Field(False, description="Ray Serve's per-request access log (costs throughput).")
 
 
 class Config(_Strict):

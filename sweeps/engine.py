@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +26,7 @@ from sweeps.data import load_data
 from sweeps.errors import UsageError
 from sweeps.records import TrialRecord
 from sweeps.records import TrialState as TrialState_
-from sweeps.sampler import make_sampler
-from sweeps.space import distributions
-from sweeps.state import BufferedJournalBackend, SweepState
+from sweeps.state import SweepState
 from training.objective import Metrics, PreparedSplit, evaluate, prepare
 
 __all__ = [
@@ -47,7 +43,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Objective = Callable[[Any, PreparedSplit, int], Metrics]
-_ATTR = "sweeps"
+_ATTR = "sweeps"  # the Optuna user attribute holding a trial's result (see coordinator.RESULT_ATTR)
 # Set before Ray Tune is imported: per-trial JSON/CSV/TensorBoard loggers cost more than a fit.
 _TUNE_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
@@ -134,7 +130,7 @@ def record_from_trial(sweep: str, trial: FrozenTrial) -> TrialRecord:
         sweep=sweep,
         number=trial.number,
         params=dict(trial.params),
-        metrics=dict(attrs.get("metrics", {})),
+        metrics=dict(attrs.get("metrics") or {}),
         state=state,
         error=attrs.get("error") or (None if state == "COMPLETE" else f"trial ended {trial.state.name}"),
         tune_trial_id=attrs.get("tune_trial_id"),
@@ -163,124 +159,60 @@ def pareto_numbers(records: Sequence[TrialRecord], objectives: Sequence[tuple[st
     return sorted(r.number for r, k in zip(usable, keep, strict=True) if k)
 
 
-class _Engine:
-    """Driver-side bookkeeping shared by the searcher and the progress callback."""
+class _LiveCounts:
+    """Driver-side counts of the records arriving through Tune, for the progress display."""
 
     def __init__(
         self,
-        config: Config,
-        name: str,
-        study: optuna.Study,
-        journal: BufferedJournalBackend,
-        deadline: float | None,
+        objectives: list[tuple[str, str]],
+        total: int,
+        done_before: int,
+        failed_before: int,
+        complete_before: list[TrialRecord],
         on_progress: Callable[[Progress], None] | None,
     ) -> None:
-        self.config, self.name, self.study, self.deadline = config, name, study, deadline
-        self.journal = journal
+        self.objectives, self.total, self.done_before = objectives, total, done_before
+        self.failed = failed_before
         self.on_progress = on_progress
-        self.dists = distributions(config.sweep)
-        self.objectives = [(o.metric, o.direction) for o in config.sweep.objectives]
-        trials = study.get_trials(deepcopy=False)
-        self.pending: deque[FrozenTrial] = deque(t for t in trials if t.state == TrialState.RUNNING)
-        finished = [t for t in trials if t.state.is_finished()]
-        self.done_before = len(finished)
-        self.failed = sum(t.state != TrialState.COMPLETE for t in finished)
-        self.to_ask = max(0, config.sweep.num_trials - len(finished) - len(self.pending))
-        self.live: dict[str, list[int]] = {}
-        self.open_trials: dict[int, optuna.Trial] = {}
-        self.evaluated = 0
-        self.tune_configs = 0
-        self.started = time.perf_counter()
+        self.received = 0
         self.nodes: set[str] = set()
-        self._complete_records: list[TrialRecord] = [
-            record_from_trial(name, t) for t in finished if t.state == TrialState.COMPLETE
-        ]
+        self.started = time.perf_counter()
+        self._complete = list(complete_before)
         self._last_progress = 0.0
 
-    @property
-    def remaining(self) -> int:
-        return len(self.pending) + self.to_ask
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        if self.remaining == 0 or (self.deadline is not None and time.time() >= self.deadline):
-            return "FINISHED" if not self.live else None
-        sweep = self.config.sweep
-        # Near the end, split what is left evenly so every worker stays busy to the last trial.
-        size = min(sweep.batch_size, max(1, math.ceil(self.remaining / sweep.concurrency)))
-        batch: list[dict[str, Any]] = []
-        while self.pending and len(batch) < size:
-            frozen = self.pending.popleft()
-            self.open_trials[frozen.number] = optuna.Trial(self.study, frozen._trial_id)
-            batch.append({"number": frozen.number, "params": dict(frozen.params)})
-        while self.to_ask and len(batch) < size:
-            trial = self.study.ask(fixed_distributions=self.dists)
-            self.to_ask -= 1
-            self.open_trials[trial.number] = trial
-            batch.append({"number": trial.number, "params": dict(trial.params)})
-        self.live[trial_id] = [int(item["number"]) for item in batch]
-        self.journal.flush()
-        return {"batch": batch}
-
-    def complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
-        numbers = self.live.pop(trial_id, [])
-        from sweeps.tune_adapters import records_from_result
-
-        by_number = {r.number: r for r in records_from_result(self.name, trial_id, result or {})}
-        self.tune_configs += len(by_number)
-        for number in numbers:
-            record = by_number.get(number)
-            if record is None or error:
-                reason = f"Tune trial {trial_id} failed after {self.config.sweep.max_failures} retries"
-                record = TrialRecord(self.name, number, {}, {}, "FAIL", reason, trial_id)
-            self._tell(record)
-        self.journal.flush()
-        self.report_progress()
-
-    def _tell(self, record: TrialRecord) -> None:
-        trial = self.open_trials.pop(record.number)
-        attrs = {
-            "metrics": record.metrics,
-            "error": record.error,
-            "tune_trial_id": record.tune_trial_id,
-            "node": record.node,
-            "pid": record.pid,
-            "started_at": record.started_at,
-            "duration_s": record.duration_s,
-        }
-        trial.set_user_attr(_ATTR, attrs)
-        metrics = [str(m) for m, _ in self.objectives]
-        if record.is_usable(metrics):
-            self.study.tell(trial, [record.metrics[m] for m in metrics])
-            self._complete_records.append(record)
-        else:
-            # Told explicitly as FAIL: OptunaSearch would only warn and let the trial vanish.
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.failed += 1
-        self.evaluated += 1
-        if record.node:
-            self.nodes.add(record.node)
+    def add(self, records: list[TrialRecord]) -> None:
+        metrics = [m for m, _ in self.objectives]
+        for record in records:
+            self.received += 1
+            if record.node:
+                self.nodes.add(record.node)
+            if record.is_usable(metrics):
+                self._complete.append(record)
+            else:
+                self.failed += 1
+        self.report()
 
     def _best_text(self) -> str:
-        if not self._complete_records:
+        if not self._complete:
             return "-"
         if len(self.objectives) > 1:
-            return f"front {len(pareto_numbers(self._complete_records, self.objectives))}"
+            return f"front {len(pareto_numbers(self._complete, self.objectives))}"
         metric, direction = self.objectives[0]
-        values = [r.metrics[metric] for r in self._complete_records]
+        values = [r.metrics[metric] for r in self._complete]
         return f"{metric} {(min(values) if direction == 'minimize' else max(values)):.5g}"
 
-    def report_progress(self, force: bool = False) -> None:
+    def report(self, force: bool = False) -> None:
         now = time.perf_counter()
         if self.on_progress is None or (not force and now - self._last_progress < 0.25):
             return
         self._last_progress = now
         elapsed = now - self.started
-        rate = self.evaluated / elapsed if elapsed > 0 else 0.0
-        left = self.config.sweep.num_trials - self.done_before - self.evaluated
+        rate = self.received / elapsed if elapsed > 0 else 0.0
+        left = self.total - self.done_before - self.received
         self.on_progress(
             Progress(
-                done=self.done_before + self.evaluated,
-                total=self.config.sweep.num_trials,
+                done=self.done_before + self.received,
+                total=self.total,
                 failed=self.failed,
                 best=self._best_text(),
                 rate=rate,
@@ -350,6 +282,13 @@ def _best_of(records: Sequence[TrialRecord], objectives: Sequence[tuple[str, str
     return tuple(best)
 
 
+def _finished_trials(state: SweepState, name: str) -> list[FrozenTrial]:
+    if not state.journal.exists():
+        return []
+    study = optuna.load_study(study_name=name, storage=state.storage())
+    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+
+
 def run_sweep(
     config: Config,
     *,
@@ -357,7 +296,6 @@ def run_sweep(
     objective: Objective = evaluate,
     callbacks: Sequence[Any] = (),
     on_progress: Callable[[Progress], None] | None = None,
-    on_start: Callable[[str, SweepState], None] | None = None,
 ) -> SweepOutcome:
     """Run (or resume) the sweep described by `config` and return its outcome.
 
@@ -370,22 +308,8 @@ def run_sweep(
     started = time.perf_counter()
     name, state = _open_state(config)
     bundle = load_data(config.data, config.split)
-    sampler = make_sampler(
-        config.sweep.sampler,
-        len(config.sweep.objectives),
-        config.sweep.seed,
-        config.sweep.tpe_window,
-        distributions(config.sweep),
-    )
-    storage, journal = state.writer()
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        sampler=sampler,
-        directions=[o.direction for o in config.sweep.objectives],
-        load_if_exists=True,
-    )
-    journal.flush()
+    objectives = [(str(o.metric), str(o.direction)) for o in config.sweep.objectives]
+    before = _finished_trials(state, name)
     state.write_meta(
         name=name,
         config=config.model_dump(mode="json"),
@@ -395,19 +319,23 @@ def run_sweep(
         dataset_digest=bundle.digest,
         requested=config.sweep.num_trials,
     )
+    counts = _LiveCounts(
+        objectives,
+        config.sweep.num_trials,
+        len(before),
+        sum(t.state != TrialState.COMPLETE for t in before),
+        [record_from_trial(name, t) for t in before if t.state == TrialState.COMPLETE],
+        on_progress,
+    )
     deadline = time.time() + config.sweep.time_budget_s if config.sweep.time_budget_s else None
-    engine = _Engine(config, name, study, journal, deadline, on_progress)
-    if on_start is not None:
-        on_start(name, state)
     owns_ray = _connect_ray(address, config.sweep.concurrency)
-    status = "failed"
+    status, evaluated = "failed", 0
     try:
         if address or os.environ.get("RAY_ADDRESS"):
             _check_cluster(config)
-        if engine.remaining:
-            _run_tune(config, name, state, engine, prepare(bundle.split), objective, callbacks)
-        engine.report_progress(force=True)
-        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        evaluated = _run_tune(config, name, state, prepare(bundle.split), objective, callbacks, counts, deadline)
+        counts.report(force=True)
+        finished = len(_finished_trials(state, name))
         if finished >= config.sweep.num_trials:
             status = "completed"
         elif deadline is not None and time.time() >= deadline:
@@ -418,27 +346,30 @@ def run_sweep(
         status = "interrupted"
         raise
     finally:
-        journal.flush()
         state.write_meta(status=status, finished=time.time())
         if owns_ray:
             import ray
 
             ray.shutdown()
-    records = tuple(record_from_trial(name, t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
-    return SweepOutcome(
+    records = tuple(record_from_trial(name, t) for t in _finished_trials(state, name))
+    outcome = SweepOutcome(
         name=name,
         status=status,
         state_dir=state.folder,
-        objectives=tuple(engine.objectives),
+        objectives=tuple(objectives),
         records=records,
-        best=_best_of(records, engine.objectives),
+        best=_best_of(records, objectives),
         requested=config.sweep.num_trials,
-        evaluated_now=engine.evaluated,
-        tune_configs_now=engine.tune_configs,
+        evaluated_now=evaluated,
+        tune_configs_now=counts.received,
         wall_s=time.perf_counter() - started,
-        nodes=tuple(sorted(engine.nodes)),
+        nodes=tuple(sorted(counts.nodes)),
         extra={"dataset_digest": bundle.digest},
     )
+    for callback in callbacks:
+        if hasattr(callback, "on_outcome"):
+            callback.on_outcome(outcome)
+    return outcome
 
 
 def load_outcome(root: Path, name: str) -> SweepOutcome:
@@ -472,53 +403,70 @@ def _run_tune(
     config: Config,
     name: str,
     state: SweepState,
-    engine: _Engine,
     prepared: PreparedSplit,
     objective: Objective,
     callbacks: Sequence[Any],
-) -> None:
-    """One Tune run over what is left."""
+    counts: _LiveCounts,
+    deadline: float | None,
+) -> int:
+    """One Tune run of `concurrency` workers over what is left; returns how many results were told."""
+    import ray
     from ray import tune
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from sweeps.tune_adapters import OptunaBatchSearcher, evaluate_batch
+    from sweeps.coordinator import Coordinator
+    from sweeps.tune_adapters import SweepProgressCallback, run_worker
 
-    for callback in callbacks:
-        callback.sweep_name = name
-    trainable = tune.with_parameters(
-        evaluate_batch,
-        data=prepared,
-        objective=objective,
-        model=config.model.model_dump(mode="json"),
-        seed=config.model.seed,
-        objective_metrics=tuple(m for m, _ in engine.objectives),
+    # The coordinator writes the sweep's journal, so it runs where the driver (and its storage) is.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    coordinator: Any = (
+        ray.remote(Coordinator)
+        .options(num_cpus=0, scheduling_strategy=here, max_concurrency=1)
+        .remote(config.model_dump(mode="json"), name, str(state.root), deadline)
     )
-    searcher = OptunaBatchSearcher(engine)
-    attempt = len(list((state.folder / "tune").glob("attempt-*"))) if (state.folder / "tune").exists() else 0
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 1}),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            num_samples=engine.remaining,
-            max_concurrent_trials=config.sweep.concurrency,
-            reuse_actors=True,
-            time_budget_s=config.sweep.time_budget_s,
-            trial_dirname_creator=_trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=f"attempt-{attempt:03d}",
-            storage_path=str((state.folder / "tune").resolve()),
-            verbose=0,
-            callbacks=list(callbacks),
-            failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
-            log_to_file=False,
-        ),
-    )
-    # Per-trial result files are off (they cost more than a fit), so the ResultGrid that Tune
-    # builds at the end finds none and would warn once per batch; the counts come from the engine.
-    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = analysis_log.level
-    analysis_log.setLevel(logging.ERROR)
     try:
-        tuner.fit()
+        if not ray.get(coordinator.remaining.remote()):
+            return 0
+        for callback in callbacks:
+            callback.sweep_name = name
+        trainable = tune.with_parameters(
+            run_worker,
+            data=prepared,
+            objective=objective,
+            model=config.model.model_dump(mode="json"),
+            seed=config.model.seed,
+            objective_metrics=tuple(o.metric for o in config.sweep.objectives),
+            coordinator=coordinator,
+        )
+        attempts = state.folder / "tune"
+        attempt = len(list(attempts.glob("attempt-*"))) if attempts.exists() else 0
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={"worker": tune.grid_search(list(range(config.sweep.concurrency)))},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=config.sweep.concurrency,
+                reuse_actors=False,
+                trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=f"attempt-{attempt:03d}",
+                storage_path=str(attempts.resolve()),
+                verbose=0,
+                callbacks=[SweepProgressCallback(coordinator, counts.add), *callbacks],
+                failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
+                log_to_file=False,
+            ),
+        )
+        # Per-trial result files are off (they cost more than a fit), so the ResultGrid that
+        # Tune builds at the end finds none and would warn; the counts come from the coordinator.
+        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        level = analysis_log.level
+        analysis_log.setLevel(logging.ERROR)
+        try:
+            tuner.fit()
+        finally:
+            analysis_log.setLevel(level)
     finally:
-        analysis_log.setLevel(level)
+        told = int(ray.get(coordinator.close.remote()))
+        ray.kill(coordinator)
+    return told

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.config import Config
 from sweeps.errors import UsageError
@@ -60,6 +62,34 @@ class BufferedJournalBackend(BaseJournalBackend):
             self._buffer = []
 
 
+class _SweepJournalStorage(JournalStorage):
+    """The journal storage, minus a linear scan on every ask.
+
+    `Study.ask` first looks for enqueued (WAITING) trials by scanning every trial of the study:
+    at 10,000 trials that scan costs more than the fit. Sweeps never enqueue trials, so while no
+    WAITING trial exists the answer is known to be empty.
+    """
+
+    def __init__(self, backend: BaseJournalBackend) -> None:
+        super().__init__(backend)
+        self._may_wait = True  # until the scan below has looked
+        self._may_wait = any(
+            t.state == TrialState.WAITING for s in self.get_all_studies() for t in self.get_all_trials(s._study_id)
+        )
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        if template_trial is not None and template_trial.state == TrialState.WAITING:
+            self._may_wait = True
+        return super().create_new_trial(study_id, template_trial)
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        if not self._may_wait and states is not None and tuple(states) == (TrialState.WAITING,):  # type: ignore[arg-type]
+            return []
+        return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
+
+
 @dataclass(frozen=True)
 class SweepState:
     """Where one sweep keeps its state: `<storage>/<name>/`."""
@@ -91,7 +121,7 @@ class SweepState:
         """The journal for the sweep's driver, the only writer: buffered, flushed per batch."""
         self.folder.mkdir(parents=True, exist_ok=True)
         backend = BufferedJournalBackend(self.journal)
-        return JournalStorage(backend), backend
+        return _SweepJournalStorage(backend), backend
 
     def read_meta(self) -> dict[str, Any]:
         if not self.exists():

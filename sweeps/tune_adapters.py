@@ -1,4 +1,4 @@
-"""Thin Ray Tune adapters: the batch trainable, the Optuna batch searcher, the record callback.
+"""Thin Ray Tune adapters: the worker trainable and the callback that sees every trial record.
 
 Imported only when a sweep runs, so that the CLI starts without loading Ray.
 """
@@ -8,27 +8,18 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.search import Searcher
 
 from sweeps.config import ModelConfig
 from sweeps.records import TrialRecord
 from sweeps.space import params_for
 from training.objective import Metrics, PreparedSplit
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-__all__ = ["OptunaBatchSearcher", "TrialRecordCallback", "evaluate_batch", "records_from_result"]
-
-
-class _Bookkeeper(Protocol):
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None: ...
-
-    def complete(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None: ...
+__all__ = ["TrialRecordCallback", "records_from_result", "run_worker"]
 
 
 def records_from_result(sweep: str, tune_trial_id: str, result: dict[str, Any]) -> list[TrialRecord]:
@@ -42,8 +33,8 @@ def records_from_result(sweep: str, tune_trial_id: str, result: dict[str, Any]) 
             state=item["state"],
             error=item.get("error"),
             tune_trial_id=tune_trial_id,
-            node=result.get("node"),
-            pid=result.get("pid"),
+            node=item.get("node", result.get("node")),
+            pid=item.get("pid", result.get("pid")),
             started_at=item.get("started_at"),
             duration_s=item.get("duration_s"),
         )
@@ -51,75 +42,75 @@ def records_from_result(sweep: str, tune_trial_id: str, result: dict[str, Any]) 
     ]
 
 
-def evaluate_batch(
+def _evaluate(
+    item: dict[str, Any],
+    objective: Callable[[Any, PreparedSplit, int], Metrics],
+    data: PreparedSplit,
+    fixed: ModelConfig,
+    seed: int,
+    objective_metrics: tuple[str, ...],
+) -> dict[str, Any]:
+    started = time.time()
+    record: dict[str, Any] = {"number": item["number"], "params": item["params"], "started_at": started}
+    try:
+        metrics = objective(params_for(fixed, item["params"]), data, seed).as_dict()
+        bad = {m: metrics.get(m) for m in objective_metrics if not math.isfinite(metrics.get(m, math.nan))}
+        if bad:
+            record |= {"state": "FAIL", "metrics": metrics, "error": f"NonFiniteMetric: {bad}"}
+        else:
+            record |= {"state": "COMPLETE", "metrics": metrics}
+    # The trial boundary: whatever the objective raises fails this one config, never the worker.
+    except Exception as exc:
+        record |= {"state": "FAIL", "error": f"{type(exc).__name__}: {exc}"}
+    record["duration_s"] = time.time() - started
+    return record
+
+
+def run_worker(
     config: dict[str, Any],
     data: PreparedSplit | None = None,
     objective: Callable[[Any, PreparedSplit, int], Metrics] | None = None,
     model: dict[str, Any] | None = None,
     seed: int = 0,
     objective_metrics: tuple[str, ...] = (),
+    coordinator: Any = None,
+    report_every_s: float = 0.5,
 ) -> None:
-    """Tune trainable: evaluate each config of the batch, then report them all at once."""
-    if data is None or objective is None or model is None:
-        raise TypeError("evaluate_batch needs data, objective and model bound by tune.with_parameters")
+    """Tune trainable: a worker that leases batches from the coordinator until the sweep is done.
+
+    Results go back to the coordinator with the request for the next batch (one round trip per
+    batch) and to Tune, for callbacks, in reports at most every `report_every_s`.
+    """
+    if data is None or objective is None or model is None or coordinator is None:
+        raise TypeError("run_worker needs data, objective, model and coordinator bound by tune.with_parameters")
     fixed = ModelConfig.model_validate(model)
-    records = []
-    for item in config["batch"]:
-        started = time.time()
-        record: dict[str, Any] = {"number": item["number"], "params": item["params"], "started_at": started}
-        try:
-            metrics = objective(params_for(fixed, item["params"]), data, seed).as_dict()
-            bad = {m: metrics.get(m) for m in objective_metrics if not math.isfinite(metrics.get(m, math.nan))}
-            if bad:
-                record |= {"state": "FAIL", "metrics": metrics, "error": f"NonFiniteMetric: {bad}"}
-            else:
-                record |= {"state": "COMPLETE", "metrics": metrics}
-        # The trial boundary: whatever the objective raises fails this one config, never the batch.
-        except Exception as exc:
-            record |= {"state": "FAIL", "error": f"{type(exc).__name__}: {exc}"}
-        record["duration_s"] = time.time() - started
-        records.append(record)
-    tune.report(
-        {
-            "records": records,
-            "configs": len(records),
-            "node": ray.get_runtime_context().get_node_id(),
-            "pid": os.getpid(),
-        }
-    )
-
-
-class OptunaBatchSearcher(Searcher):
-    """Asks Optuna for a batch of configs per Tune trial and tells the results back together."""
-
-    def __init__(self, bookkeeper: _Bookkeeper) -> None:
-        super().__init__()
-        self._bookkeeper = bookkeeper
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles the searcher for its own experiment restore; resume here goes through the
-        # Optuna journal instead, so the live bookkeeper (study, progress display) stays out.
-        return {k: v for k, v in self.__dict__.items() if k != "_bookkeeper"}
-
-    def save(self, checkpoint_path: str) -> None:
-        """Nothing to save: the Optuna journal is the sweep's durable state."""
-
-    def restore(self, checkpoint_path: str) -> None:
-        """Nothing to restore: resume reads the Optuna journal."""
-
-    def suggest(self, trial_id: str) -> dict[Any, Any] | None:
-        # Tune's annotation omits it, but Searcher.FINISHED (a str) is how a searcher ends the run.
-        return self._bookkeeper.suggest(trial_id)  # type: ignore[return-value]
-
-    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        self._bookkeeper.complete(trial_id, result, error)
+    worker = f"w{config['worker']}"
+    identity = {
+        "node": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
+        "tune_trial_id": tune.get_context().get_trial_id(),
+        "worker": worker,
+    }
+    batch = ray.get(coordinator.next_batch.remote(worker, [], True))
+    unreported: list[dict[str, Any]] = []
+    last_report = time.monotonic()
+    while batch:
+        results = [_evaluate(item, objective, data, fixed, seed, objective_metrics) | identity for item in batch]
+        upcoming = coordinator.next_batch.remote(worker, results)
+        unreported.extend(results)
+        if time.monotonic() - last_report >= report_every_s:
+            tune.report({"records": unreported, "configs": len(unreported)} | identity)
+            unreported, last_report = [], time.monotonic()
+        batch = ray.get(upcoming)
+    tune.report({"records": unreported, "configs": len(unreported), "done": True} | identity)
 
 
 class TrialRecordCallback(tune.Callback):
     """A Tune callback that sees every config as a `TrialRecord`: params, metrics, status, identity.
 
-    Subclasses override `on_records`. A batch whose worker died past `max_failures` arrives as
-    FAIL records with the reason. `sweep_name` is set by the engine before the run starts.
+    Subclasses override `on_records`, and may define `on_outcome(outcome)`, which the engine calls
+    once the sweep ends with every finished trial (including trials failed because a worker died
+    past its retries, which never reach Tune). `sweep_name` is set before the run starts.
     """
 
     sweep_name: str = ""
@@ -132,19 +123,27 @@ class TrialRecordCallback(tune.Callback):
     ) -> None:
         self.on_records(records_from_result(self.sweep_name, trial.trial_id, result))
 
+
+class SweepProgressCallback(TrialRecordCallback):
+    """Counts records as they arrive for the live display, and fails the lease of a dead worker."""
+
+    def __init__(
+        self,
+        coordinator: Any,
+        on_records: Callable[[list[TrialRecord]], None],
+    ) -> None:
+        self._coordinator = coordinator
+        self._forward = on_records
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks with the experiment for its own restore; resume here reads the
+        # Optuna journal, so the live display (which holds locks) stays out of the pickle.
+        return {k: v for k, v in self.__dict__.items() if k != "_forward"}
+
+    def on_records(self, records: list[TrialRecord]) -> None:
+        self._forward(records)
+
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        reason = f"Tune trial {trial.trial_id} failed after retries: {trial.error_file or 'worker error'}"
-        self.on_records(
-            [
-                TrialRecord(
-                    sweep=self.sweep_name,
-                    number=int(item["number"]),
-                    params=item["params"],
-                    metrics={},
-                    state="FAIL",
-                    error=reason,
-                    tune_trial_id=trial.trial_id,
-                )
-                for item in trial.config.get("batch", [])
-            ]
-        )
+        worker = f"w{trial.config['worker']}"
+        reason = f"worker {worker} (Tune trial {trial.trial_id}) died past its retries: {trial.error_file or 'error'}"
+        ray.get(self._coordinator.abandon.remote(worker, reason))

@@ -1,0 +1,131 @@
+"""`sweeps serve`: the registry's champion over REST on Ray Serve; `sweeps monitor`: its figures to MLflow."""
+
+from __future__ import annotations
+
+import signal
+import time
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sweeps.cli.common import ConfigOption, JsonOption, OverridesArg, app, console, guard, load, print_json
+from sweeps.config import Config
+from sweeps.errors import UsageError
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="models:/NAME@ALIAS or models:/NAME/VERSION (default: NAME@champion)."),
+]
+HostOption = Annotated[str | None, typer.Option("--host", help="Interface to bind (default: serve.host, 127.0.0.1).")]
+PortOption = Annotated[int | None, typer.Option("--port", "-p", help="HTTP port (default: serve.port, 8000).")]
+AddressOption = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster to deploy on (default: RAY_ADDRESS, else a local Ray)."),
+]
+
+
+def _model_uri(cfg: Config, model: str | None) -> str:
+    return model or cfg.serve.model_uri or f"models:/{cfg.registry.model_name}@champion"
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    overrides: OverridesArg = None,
+    model: ModelOption = None,
+    host: HostOption = None,
+    port: PortOption = None,
+    address: AddressOption = None,
+) -> None:
+    """Serve a registered model over REST (MLflow scoring protocol) with Ray Serve until Ctrl+C.
+
+    The alias is re-read every serve.alias_poll_s seconds: after `sweeps promote` the endpoint
+    switches to the new version without failing requests in flight.
+    """
+    from mlflow import MlflowClient
+
+    from sweeps.serving.app import AppArgs, absolute_tracking_uri
+    from sweeps.serving.model import parse_model_uri, resolve_version
+    from sweeps.serving.service import Endpoint
+
+    def body() -> None:
+        cfg = load(config, overrides)
+        uri = _model_uri(cfg, model)
+        ref = parse_model_uri(uri)
+        tracking_uri = absolute_tracking_uri(cfg.tracking.resolved_uri)
+        updates: dict[str, str | int] = {"model_uri": uri, "tracking_uri": tracking_uri}
+        if host is not None:
+            updates["host"] = host
+        if port is not None:
+            updates["port"] = port
+        settings = AppArgs.model_validate(cfg.serve.model_dump() | updates)
+        # Fail in milliseconds, before Ray starts, if the registry has nothing to serve.
+        version = resolve_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), ref)
+        console.print(f"serving {uri} (now version {version.version}) from {tracking_uri}")
+        # Ctrl+C and SIGTERM both stop cleanly (a shell starts background jobs with SIGINT ignored).
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+        with Endpoint(settings, address=address) as endpoint:
+            info = endpoint.wait_ready()
+            console.print(
+                f"[green]ready[/green] at {endpoint.url}/invocations: {info['name']} version {info['version']} "
+                f"(run {info['run_id']}); alias re-read every {settings.alias_poll_s:g}s. Ctrl+C to stop."
+            )
+            try:
+                while True:
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                console.print("stopping...")
+        console.print("stopped")
+
+    guard(body)
+
+
+@app.command()
+def monitor(
+    config: ConfigOption = None,
+    overrides: OverridesArg = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Endpoint base URL (default: http://serve.host:serve.port).")
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Record one snapshot and exit (the default).")] = False,
+    every: Annotated[
+        float | None, typer.Option("--every", help="Record a snapshot every N seconds until Ctrl+C.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the endpoint's figures to MLflow as monitoring runs linked to the served model version."""
+    from mlflow import MlflowClient
+
+    from sweeps.serving.monitor import MonitorRecord, watch
+
+    def render(records: list[MonitorRecord]) -> None:
+        if as_json:
+            print_json([r.__dict__ for r in records])
+            return
+        table = Table(title="monitoring runs")
+        for column in ("model", "version", "requests", "errors", "run", "training run"):
+            table.add_column(column, overflow="fold")
+        for r in records:
+            table.add_row(r.model_name, r.model_version, str(r.requests), str(r.errors), r.run_id, r.training_run_id)
+        console.print(table)
+
+    def body() -> None:
+        if once and every is not None:
+            raise UsageError("--once and --every exclude each other; pass one of them.")
+        cfg = load(config, overrides)
+        target = url or f"http://{cfg.serve.host}:{cfg.serve.port}"
+        uri = cfg.tracking.resolved_uri
+        client = MlflowClient(uri, registry_uri=uri)
+        try:
+            watch(client, target, every, render)
+        except KeyboardInterrupt:
+            console.print("stopped")
+
+    guard(body)

@@ -1,0 +1,7 @@
+"""Serving the registry's champion: MLflow scoring protocol on Ray Serve, hot swap, monitoring.
+
+Modules: `protocol` (parse and validate requests; no Ray), `model` (resolve and load a model
+version), `metrics` (per-version figures, Prometheus text), `app` (the Serve deployments),
+`service` (start/stop the endpoint), `monitor` (figures to MLflow monitoring runs).
+Nothing is imported here, so `sweeps.serving.protocol` stays free of Ray.
+"""

@@ -1,0 +1,211 @@
+"""The model behind the endpoint: resolve `models:/NAME@ALIAS` to a version and load it.
+
+The scikit-learn pipeline is loaded with `mlflow.sklearn` (pyfunc adds milliseconds of
+schema enforcement per call); the protocol layer already enforces the signature. For a
+StandardScaler + linear model pipeline, predictions are computed with the same numpy
+operations scikit-learn uses, without its per-call validation; that path is checked against
+`pipeline.predict` at load time and dropped if it ever disagrees beyond 1e-9.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+
+from sweeps.errors import ConfigError, SweepsError
+from sweeps.serving.metrics import FeatureStats, ModelIdentity
+
+__all__ = [
+    "CARD_ARTIFACT",
+    "DIGEST_TAG",
+    "ModelNotFound",
+    "ModelRef",
+    "ServedModel",
+    "UnsupportedModel",
+    "load_served_model",
+    "parse_model_uri",
+    "resolve_version",
+]
+
+log = logging.getLogger(__name__)
+
+CARD_ARTIFACT = "dataset_card.json"
+DIGEST_TAG = "sweeps.dataset_digest"
+TOLERANCE = 1e-9
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+_NUMERIC_TYPES = {"double", "float", "long", "integer"}
+_LINEAR_MODELS = {"ElasticNet", "ElasticNetCV", "Lasso", "LassoCV", "LinearRegression", "Ridge", "RidgeCV"}
+
+
+class ModelNotFound(SweepsError):
+    """The registry has no such model, alias or version (yet)."""
+
+
+class UnsupportedModel(SweepsError):
+    """The model version cannot be served by this endpoint (signature or flavor)."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registry model named by alias (followed on promotion) or by fixed version."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
+
+
+def parse_model_uri(uri: str) -> ModelRef:
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION`; anything else is a config error."""
+    match = _URI.match(uri.strip())
+    if not match:
+        raise ConfigError(
+            f"The served model must be a registry URI 'models:/NAME@ALIAS' or 'models:/NAME/VERSION', got {uri!r}."
+        )
+    return ModelRef(match["name"], match["alias"], match["version"])
+
+
+def resolve_version(client: MlflowClient, ref: ModelRef) -> ModelVersion:
+    """The model version `ref` names now."""
+    try:
+        if ref.alias:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        return client.get_model_version(ref.name, str(ref.version))
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            what = f"alias {ref.alias!r}" if ref.alias else f"version {ref.version}"
+            raise ModelNotFound(
+                f"The registry has no {what} of model {ref.name!r} ({ref.uri}); "
+                f"register and promote a model first (MLflow said: {exc.message.splitlines()[0]})."
+            ) from None
+        raise
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded model version with what the endpoint needs to validate, score and monitor."""
+
+    identity: ModelIdentity
+    columns: tuple[str, ...]
+    card: dict[str, FeatureStats]
+    predict: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    fast_path: bool
+    load_seconds: float
+    loaded_at: float
+
+
+def load_served_model(client: MlflowClient, tracking_uri: str, version: ModelVersion) -> ServedModel:
+    """Download and load one registered version, its signature and its dataset card."""
+    start = time.perf_counter()
+    name, number = version.name, str(version.version)
+    with tempfile.TemporaryDirectory(prefix="sweeps-serve-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{number}",
+            dst_path=str(Path(tmp) / "model"),
+            tracking_uri=tracking_uri,
+            registry_uri=tracking_uri,
+        )
+        columns = _signature_columns(Model.load(str(Path(local) / "MLmodel")), name, number)
+        pipeline = mlflow.sklearn.load_model(local)
+        card = _load_card(client, version.run_id, tmp)
+    statistics = card.get("statistics", {})
+    feature_stats = FeatureStats.from_card(statistics, columns)
+    predict, fast = _predictor(pipeline, columns, feature_stats)
+    digest = version.tags.get(DIGEST_TAG) or str(card.get("digest", ""))
+    identity = ModelIdentity(name, number, version.run_id or "", digest)
+    seconds = time.perf_counter() - start
+    return ServedModel(identity, columns, feature_stats, predict, fast, seconds, time.time())
+
+
+def _signature_columns(model: Model, name: str, version: str) -> tuple[str, ...]:
+    schema = model.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        raise UnsupportedModel(f"Model {name!r} version {version} has no named input signature; log it with one.")
+    bad = [f"{s.name}: {s.type}" for s in schema.inputs if str(getattr(s.type, "name", s.type)) not in _NUMERIC_TYPES]
+    if bad:
+        raise UnsupportedModel(f"Model {name!r} version {version}: only numeric inputs can be served, got {bad}.")
+    return tuple(schema.input_names())
+
+
+def _load_card(client: MlflowClient, run_id: str | None, tmp: str) -> dict[str, Any]:
+    if not run_id:
+        return {}
+    try:
+        path = client.download_artifacts(run_id, CARD_ARTIFACT, tmp)
+        card: dict[str, Any] = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (MlflowException, OSError, ValueError) as exc:
+        log.warning("run %s has no readable %s (%s): drift figures will be missing", run_id, CARD_ARTIFACT, exc)
+        return {}
+    return card
+
+
+def _generic(pipeline: Any, columns: Sequence[str]) -> Callable[[np.ndarray], np.ndarray]:
+    names = list(columns)
+
+    def predict(features: np.ndarray) -> np.ndarray:
+        return np.asarray(pipeline.predict(pd.DataFrame(features, columns=names)), dtype=np.float64).reshape(-1)
+
+    return predict
+
+
+def _linear(pipeline: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """StandardScaler then a linear model, in scikit-learn's own order of operations."""
+    steps = [step for _, step in getattr(pipeline, "steps", [("model", pipeline)]) if step != "passthrough"]
+    *prep, last = steps
+    if type(last).__name__ not in _LINEAR_MODELS or np.ndim(last.coef_) != 1 or np.ndim(last.intercept_) != 0:
+        return None
+    if len(prep) > 1 or (prep and type(prep[0]).__name__ != "StandardScaler"):
+        return None
+    scaler = prep[0] if prep else None
+    mean = scaler.mean_ if scaler is not None and scaler.with_mean else None
+    scale = scaler.scale_ if scaler is not None and scaler.with_std else None
+    coef, intercept = np.asarray(last.coef_, dtype=np.float64), float(last.intercept_)
+
+    def predict(features: np.ndarray) -> np.ndarray:
+        x = features - mean if mean is not None else features.copy()
+        if scale is not None:
+            x /= scale
+        return np.asarray(x @ coef + intercept, dtype=np.float64)
+
+    return predict
+
+
+def _probe_rows(stats: dict[str, FeatureStats], columns: Sequence[str]) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    low = np.array([stats[c].min if c in stats else -1.0 for c in columns])
+    high = np.array([stats[c].max if c in stats else 1.0 for c in columns])
+    return np.vstack([low, high, (low + high) / 2, rng.uniform(low, high, size=(32, len(columns)))])
+
+
+def _predictor(
+    pipeline: Any, columns: Sequence[str], stats: dict[str, FeatureStats]
+) -> tuple[Callable[[np.ndarray], np.ndarray], bool]:
+    generic = _generic(pipeline, columns)
+    fast = _linear(pipeline)
+    if fast is None:
+        return generic, False
+    probe = _probe_rows(stats, columns)
+    expected, got = generic(probe), fast(probe)
+    if got.shape == expected.shape and np.allclose(got, expected, rtol=TOLERANCE, atol=TOLERANCE):
+        return fast, True
+    log.warning("fast linear path disagrees with pipeline.predict; using pipeline.predict")
+    return generic, False
