@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.config import Config
-from sweeps.data import load_data
+from sweeps.data import DataBundle, load_data
 from sweeps.errors import UsageError
 from sweeps.records import TrialRecord
 from sweeps.records import TrialState as TrialState_
@@ -296,6 +296,7 @@ def run_sweep(
     objective: Objective = evaluate,
     callbacks: Sequence[Any] = (),
     on_progress: Callable[[Progress], None] | None = None,
+    bundle: DataBundle | None = None,
 ) -> SweepOutcome:
     """Run (or resume) the sweep described by `config` and return its outcome.
 
@@ -307,7 +308,7 @@ def run_sweep(
         os.environ.setdefault(key, value)
     started = time.perf_counter()
     name, state = _open_state(config)
-    bundle = load_data(config.data, config.split)
+    bundle = bundle or load_data(config.data, config.split)
     objectives = [(str(o.metric), str(o.direction)) for o in config.sweep.objectives]
     before = _finished_trials(state, name)
     state.write_meta(

@@ -14,7 +14,7 @@ from optuna.samplers._tpe.sampler import _split_trials, default_gamma, default_g
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-__all__ = ["WindowedTPESampler", "make_sampler"]
+__all__ = ["WindowedTPESampler", "make_sampler", "sampler_label"]
 
 _FINISHED_FOR_TPE = (TrialState.COMPLETE,)
 
@@ -151,6 +151,13 @@ class WindowedTPESampler(BaseSampler):
     def reseed_rng(self) -> None:
         self._tpe.reseed_rng()
         self._random.reseed_rng()
+
+
+def sampler_label(name: str, n_objectives: int) -> str:
+    """What `name` resolves to, as recorded with each trial."""
+    if name in ("auto", "tpe"):
+        return "windowed-tpe" if n_objectives == 1 else "windowed-motpe"
+    return name
 
 
 def make_sampler(

@@ -55,10 +55,17 @@ def _progress_bar(quiet: bool, to_stderr: bool) -> Progress | None:
 
 
 def execute_sweep(config: Config, address: str | None, quiet: bool, as_json: bool = False) -> SweepOutcome:
-    """Run a sweep with the progress bar and the tracking callback the config asks for."""
+    """Run a sweep with the progress bar and, unless tracking is off, MLflow tracking of every trial."""
+    from sweeps.data import load_data
     from sweeps.engine import Progress as Snapshot
-    from sweeps.engine import run_sweep
+    from sweeps.engine import resolve_sweep_name, run_sweep
 
+    bundle = load_data(config.data, config.split)
+    callbacks = []
+    if config.tracking.enabled:
+        from sweeps.tracking import SweepTracker
+
+        callbacks.append(SweepTracker(config, bundle, resolve_sweep_name(config)))
     bar = _progress_bar(quiet, to_stderr=as_json)
     task: list[Any] = []
 
@@ -69,10 +76,10 @@ def execute_sweep(config: Config, address: str | None, quiet: bool, as_json: boo
             task.append(bar.add_task("sweep", total=snap.total, failed=0, best="-", rate=0.0))
         bar.update(task[0], completed=snap.done, failed=snap.failed, best=snap.best, rate=snap.rate)
 
-    if bar is not None:
-        with bar:
-            return run_sweep(config, address=address, on_progress=on_progress)
-    return run_sweep(config, address=address)
+    if bar is None:
+        return run_sweep(config, address=address, callbacks=callbacks, bundle=bundle)
+    with bar:
+        return run_sweep(config, address=address, callbacks=callbacks, on_progress=on_progress, bundle=bundle)
 
 
 def render_outcome(outcome: SweepOutcome) -> None:

@@ -1,0 +1,381 @@
+"""MLflow tracking of sweeps: one child run per trial under the sweep's parent run.
+
+Writes happen on a background thread, off the trials' critical path, in bulk: on a SQL store
+(the default `sqlite:///mlflow.db`) a few hundred child runs go in one transaction, which is
+what makes thousands of runs cheaper than the trials themselves; on an HTTP tracking server a
+small thread pool issues the REST calls. Every child run carries a trial key
+(`sweeps.trial_key`), so retries, restarts and resumes never log a trial twice, and the sweep's
+end waits until every finished trial is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import queue
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from sweeps.config import Config
+from sweeps.data import DataBundle
+from sweeps.engine import SweepOutcome, pareto_numbers
+from sweeps.mlflow_store import ensure_experiment, mlflow_dataset, sqlite_path, use_tracking
+from sweeps.records import TrialRecord
+from sweeps.sampler import sampler_label
+from sweeps.tune_adapters import TrialRecordCallback
+from training.card import write_card
+
+__all__ = [
+    "TAG_DIGEST",
+    "TAG_KIND",
+    "TAG_SWEEP",
+    "TAG_TRIAL",
+    "TAG_TRIAL_KEY",
+    "SweepTracker",
+    "find_sweep_run",
+    "trial_runs",
+]
+
+log = logging.getLogger(__name__)
+
+TAG_KIND = "sweeps.kind"
+TAG_SWEEP = "sweeps.sweep"
+TAG_TRIAL = "sweeps.trial"
+TAG_TRIAL_KEY = "sweeps.trial_key"
+TAG_DIGEST = "sweeps.dataset_digest"
+_BATCH = 500
+_ERROR_CHARS = 4000
+_PACKAGES = ("ray", "optuna", "mlflow", "scikit-learn", "pandas", "numpy", "pydantic")
+
+
+def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> Any | None:
+    """The parent run of `sweep` in the experiment, if it was logged."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep}'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, sweep: str) -> list[Any]:
+    """Every child run of `sweep` (all pages)."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_SWEEP}` = '{sweep}'",
+            max_results=5000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(tree, dict):
+        flat: dict[str, str] = {}
+        for key, value in tree.items():
+            flat |= _flatten(value, f"{prefix}{key}.")
+        return flat
+    return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else str(tree)}
+
+
+def _environment() -> dict[str, str]:
+    tags = {"sweeps.env.python": platform.python_version()}
+    for package in _PACKAGES:
+        try:
+            tags[f"sweeps.env.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        tags["sweeps.git_commit"] = commit
+    except (OSError, subprocess.SubprocessError):
+        tags["sweeps.git_commit"] = "none"
+    return tags
+
+
+def _child_tags(record: TrialRecord, parent_run_id: str, sampler: str, digest: str) -> dict[str, str]:
+    tags = {
+        MLFLOW_PARENT_RUN_ID: parent_run_id,
+        MLFLOW_RUN_NAME: record.key,
+        TAG_KIND: "trial",
+        TAG_SWEEP: record.sweep,
+        TAG_TRIAL: str(record.number),
+        TAG_TRIAL_KEY: record.key,
+        "sweeps.optuna_trial": str(record.number),
+        "sweeps.sampler": sampler,
+        TAG_DIGEST: digest,
+    }
+    if record.tune_trial_id:
+        tags["sweeps.tune_trial_id"] = record.tune_trial_id
+    if record.node:
+        tags["sweeps.node"] = record.node
+    if record.error:
+        tags["sweeps.error"] = record.error[:_ERROR_CHARS]
+    return tags
+
+
+def _times(record: TrialRecord) -> tuple[int, int]:
+    start = record.started_at or time.time()
+    return int(start * 1000), int((start + (record.duration_s or 0.0)) * 1000)
+
+
+class _SqlWriter:
+    """Bulk inserts into an MLflow SQL store: one transaction per few hundred child runs."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str) -> None:
+        self._store = client._tracking_client.store
+        self._experiment = client.get_experiment(experiment_id)
+
+    def write(self, rows: list[tuple[TrialRecord, dict[str, str]]]) -> None:
+        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+        from sqlalchemy import insert
+
+        runs, tags, params, metrics = [], [], [], []
+        for record, run_tags in rows:
+            run_id = uuid.uuid4().hex
+            start, end = _times(record)
+            runs.append(
+                {
+                    "run_uuid": run_id,
+                    "name": record.key,
+                    "source_type": "UNKNOWN",
+                    "source_name": "",
+                    "entry_point_name": "",
+                    "user_id": "sweeps",
+                    "status": "FINISHED" if record.state == "COMPLETE" else "FAILED",
+                    "start_time": start,
+                    "end_time": end,
+                    "deleted_time": None,
+                    "source_version": "",
+                    "lifecycle_stage": "active",
+                    "artifact_uri": f"{self._experiment.artifact_location.rstrip('/')}/{run_id}/artifacts",
+                    "experiment_id": int(self._experiment.experiment_id),
+                }
+            )
+            tags += [{"key": k, "value": v, "run_uuid": run_id} for k, v in run_tags.items()]
+            params += [{"key": k, "value": str(v), "run_uuid": run_id} for k, v in record.params.items()]
+            for key, value in record.metrics.items():
+                is_nan = math.isnan(value)
+                row = {"key": key, "value": 0.0 if is_nan else float(value), "timestamp": end, "step": 0,
+                       "is_nan": is_nan, "run_uuid": run_id}
+                metrics.append(row)
+        with self._store.ManagedSessionMaker() as session:
+            session.execute(insert(SqlRun.__table__), runs)
+            for table, values in ((SqlTag, tags), (SqlParam, params), (SqlMetric, metrics), (SqlLatestMetric, metrics)):
+                if values:
+                    session.execute(insert(table.__table__), values)
+
+
+class _RestWriter:
+    """Child runs through the tracking client (an HTTP server): a few calls in flight at once."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str) -> None:
+        self._client = client
+        self._experiment_id = experiment_id
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sweeps-mlflow")
+
+    def _write_one(self, record: TrialRecord, tags: dict[str, str]) -> None:
+        start, end = _times(record)
+        run = self._client.create_run(self._experiment_id, start_time=start, tags=tags, run_name=record.key)
+        self._client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), end, 0) for k, v in record.metrics.items()],
+            params=[Param(k, str(v)) for k, v in record.params.items()],
+        )
+        status = RunStatus.to_string(RunStatus.FINISHED if record.state == "COMPLETE" else RunStatus.FAILED)
+        self._client.set_terminated(run.info.run_id, status=status, end_time=end)
+
+    def write(self, rows: list[tuple[TrialRecord, dict[str, str]]]) -> None:
+        for future in [self._pool.submit(self._write_one, record, tags) for record, tags in rows]:
+            future.result()
+
+
+class SweepTracker(TrialRecordCallback):
+    """Logs a sweep to MLflow: the parent run with config, data and summary, a child run per trial."""
+
+    def __init__(self, config: Config, bundle: DataBundle, sweep: str) -> None:
+        self.config = config
+        self.bundle = bundle
+        self.sweep_name = sweep
+        self.uri = config.tracking.resolved_uri
+        self._started = False
+        self._lock = threading.Lock()
+        self._logged: set[int] = set()
+        self._queue: queue.Queue[list[TrialRecord] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.parent_run_id = ""
+        self.experiment_id = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks with its experiment; the live writer stays on the driver.
+        keep = ("config", "uri", "sweep_name", "parent_run_id", "experiment_id")
+        return {k: v for k, v in self.__dict__.items() if k in keep}
+
+    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
+              **info: Any) -> None:
+        self.start()
+        import ray
+
+        resources = ray.cluster_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        self._client().set_tag(self.parent_run_id, "sweeps.ray_nodes", str(len(nodes)))
+        self._client().set_tag(self.parent_run_id, "sweeps.ray_cpus", str(resources.get("CPU", 0)))
+
+    def _client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def start(self) -> None:
+        """Create (or, on resume, reopen) the parent run and start the writer thread."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        with use_tracking(self.uri) as client:
+            self.experiment_id = ensure_experiment(client, self.config.tracking.experiment)
+            existing = find_sweep_run(client, self.experiment_id, self.sweep_name)
+            if existing is None:
+                self.parent_run_id = self._create_parent(client)
+            else:
+                self.parent_run_id = existing.info.run_id
+                client.update_run(self.parent_run_id, status="RUNNING")
+                logged = trial_runs(client, self.experiment_id, self.sweep_name)
+                self._logged = {int(r.data.tags[TAG_TRIAL]) for r in logged}
+            writer_cls = _SqlWriter if self._is_sql() else _RestWriter
+            writer = writer_cls(client, self.experiment_id)
+        self._thread = threading.Thread(target=self._drain, args=(writer,), name="sweeps-tracking", daemon=True)
+        self._thread.start()
+
+    def _is_sql(self) -> bool:
+        return sqlite_path(self.uri) is not None or self.uri.startswith(("postgresql", "mysql", "mssql"))
+
+    def _create_parent(self, client: MlflowClient) -> str:
+        tags = {TAG_KIND: "sweep", TAG_SWEEP: self.sweep_name, TAG_DIGEST: self.bundle.digest, **_environment()}
+        run = client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_name)
+        run_id = str(run.info.run_id)
+        config_tree = self.config.model_dump(mode="json")
+        params = [Param(k, v[:6000]) for k, v in _flatten(config_tree).items()]
+        for start in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[start : start + 100])
+        with tempfile.TemporaryDirectory() as tmp:
+            config_path = Path(tmp) / "config.yaml"
+            config_path.write_text(yaml.safe_dump(config_tree, sort_keys=False), encoding="utf-8")
+            client.log_artifact(run_id, str(config_path))
+            client.log_artifact(run_id, str(write_card(self.bundle.card, Path(tmp) / "dataset_card.json")))
+        dataset = mlflow_dataset(self.bundle, "train")
+        from mlflow.entities import DatasetInput, InputTag
+
+        client.log_inputs(
+            run_id,
+            datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])],
+        )
+        return run_id
+
+    def on_records(self, records: list[TrialRecord]) -> None:
+        self.start()
+        self._queue.put(list(records))
+
+    def _drain(self, writer: _SqlWriter | _RestWriter) -> None:
+        done = False
+        while not done:
+            pending: list[TrialRecord] = []
+            item = self._queue.get()
+            done = item is None
+            pending.extend(item or [])
+            while not done and len(pending) < _BATCH:
+                try:
+                    item = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    break
+                done = item is None
+                pending.extend(item or [])
+            try:
+                self._write(writer, pending)
+            # A failed write must not kill the sweep: it is reported at the end, and the trials it
+            # missed are written on resume (idempotent by trial key).
+            except Exception as exc:
+                log.exception("writing %d trial runs to %s failed", len(pending), self.uri)
+                self._error = exc
+
+    def _write(self, writer: _SqlWriter | _RestWriter, records: Iterable[TrialRecord]) -> None:
+        sampler = sampler_label(self.config.sweep.sampler, len(self.config.sweep.objectives))
+        fresh: dict[int, TrialRecord] = {}
+        for record in records:
+            if record.number not in self._logged:
+                fresh[record.number] = record
+        for start in range(0, len(fresh), _BATCH):
+            chunk = list(fresh.values())[start : start + _BATCH]
+            writer.write([(r, _child_tags(r, self.parent_run_id, sampler, self.bundle.digest)) for r in chunk])
+            self._logged.update(r.number for r in chunk)
+
+    def on_outcome(self, outcome: SweepOutcome) -> None:
+        """Write what never came through Tune, wait for every write, then summarise the parent run."""
+        self.start()
+        self._queue.put(list(outcome.records))
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join()
+        client = self._client()
+        client.log_batch(self.parent_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0)
+                                                        for k, v in self._summary(outcome).items()])
+        self._log_report(client, outcome)
+        status = {"completed": "FINISHED", "interrupted": "KILLED", "budget_exhausted": "FINISHED"}.get(
+            outcome.status, "FAILED"
+        )
+        client.set_terminated(self.parent_run_id, status=status)
+        if self._error is not None:
+            log.error("some trial runs were not written (%s); `sweeps resume %s` writes them", self._error,
+                      outcome.name)
+
+    def _summary(self, outcome: SweepOutcome) -> dict[str, float]:
+        complete = [r for r in outcome.records if r.state == "COMPLETE"]
+        reserved = outcome.wall_s * self.config.sweep.concurrency
+        summary = {
+            "trials": float(len(outcome.records)),
+            "complete": float(len(complete)),
+            "failed": float(outcome.failed),
+            "pareto_front_size": float(len(pareto_numbers(outcome.records, outcome.objectives))),
+            "wall_s": outcome.wall_s,
+            "trials_per_s": outcome.trials_per_s,
+            "cpu_seconds_trials": float(sum(r.duration_s or 0.0 for r in outcome.records)),
+            "cpu_seconds_reserved": reserved,
+            "estimated_cost": reserved / 3600 * self.config.tracking.cost_per_cpu_hour,
+        }
+        for metric, direction in outcome.objectives:
+            values = [r.metrics[metric] for r in complete if metric in r.metrics]
+            if values:
+                summary[f"best_{metric}"] = min(values) if direction == "minimize" else max(values)
+        return summary
+
+    def _log_report(self, client: MlflowClient, outcome: SweepOutcome) -> None:
+        try:
+            from sweeps.report import write_report
+        except ImportError:
+            log.warning("sweeps.report is not available; the parent run gets no report artifacts")
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            write_report(outcome, Path(tmp))
+            client.log_artifacts(self.parent_run_id, tmp, artifact_path="report")
