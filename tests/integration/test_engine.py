@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 import pytest
 import ray
+from mlflow import MlflowClient
 
 from sweeps.config import CONFIG_DIR, Config, load_config
 from sweeps.engine import SweepOutcome, pareto_numbers, run_sweep
@@ -153,13 +154,13 @@ def _finished(state: SweepState) -> int:
     return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
 
 
-def test_interrupted_sweep_resumes_without_loss_or_rerun(data_dir: Path, tmp_path: Path) -> None:
+def test_interrupted_sweep_resumes_without_loss_or_rerun(data_dir: Path, tmp_path: Path, tracking_uri: str) -> None:
     total = 600
     storage = tmp_path / "state"
     command = [
-        str(Path(sys.executable).parent / "sweeps"), "run", "--quiet", "-c", str(CONFIG_DIR / "smoke.yaml"),
-        f"data.path={data_dir}", f"sweep.storage={storage}", "tracking.enabled=false", "sweep.name=interrupted",
-        f"sweep.num_trials={total}", "sweep.batch_size=2",
+        str(Path(sys.executable).parent / "sweeps"), "run", "--quiet", "--sweep-only", "-c",
+        str(CONFIG_DIR / "smoke.yaml"), f"data.path={data_dir}", f"sweep.storage={storage}",
+        f"tracking.uri={tracking_uri}", "sweep.name=interrupted", f"sweep.num_trials={total}", "sweep.batch_size=2",
     ]
     state = SweepState(storage, "interrupted")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -194,3 +195,12 @@ def test_interrupted_sweep_resumes_without_loss_or_rerun(data_dir: Path, tmp_pat
     assert sorted(t.number for t in trials) == list(range(total)), "no trial lost, none added"
     after = {t.number: t.user_attrs["sweeps"]["started_at"] for t in trials}
     assert all(after[n] == started for n, started in before.items()), "finished trials were not run again"
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("wine-elasticnet")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    children = [r for r in runs if r.data.tags.get("sweeps.kind") == "trial"]
+    keys = [r.data.tags["sweeps.trial_key"] for r in children]
+    assert len(keys) == len(set(keys)) == total, "MLflow holds each trial once, across the interruption"
+    assert not [r for r in runs if r.info.status == "RUNNING"], "no run is left RUNNING"

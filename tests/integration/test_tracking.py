@@ -1,0 +1,166 @@
+"""MLflow tracking of sweeps on real Ray and real MLflow stores (SQLite, and an HTTP server)."""
+
+from __future__ import annotations
+
+import math
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import ray
+from mlflow import MlflowClient
+
+from sweeps.config import CONFIG_DIR, Config, load_config
+from sweeps.data import load_data
+from sweeps.engine import SweepOutcome, resolve_sweep_name, run_sweep
+from sweeps.state import SweepState
+from sweeps.tracking import TAG_DIGEST, TAG_TRIAL_KEY, SweepTracker, find_sweep_run, trial_runs
+from training.objective import Metrics, PreparedSplit, evaluate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray() -> Iterator[None]:
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _config(data_dir: Path, tmp_path: Path, uri: str, *overrides: str) -> Config:
+    return load_config(
+        CONFIG_DIR / "smoke.yaml",
+        [f"data.path={data_dir}", f"sweep.storage={tmp_path / 'state'}", f"tracking.uri={uri}", *overrides],
+    )
+
+
+def _tracked_sweep(config: Config, objective: Any = evaluate) -> SweepOutcome:
+    bundle = load_data(config.data, config.split)
+    tracker = SweepTracker(config, bundle, resolve_sweep_name(config))
+    return run_sweep(config, callbacks=[tracker], objective=objective, bundle=bundle)
+
+
+def _flaky(params: Any, data: PreparedSplit, seed: int) -> Metrics:
+    if params.alpha < 0.01:
+        raise RuntimeError("boom: alpha too small")
+    metrics = evaluate(params, data, seed)
+    if params.l1_ratio > 0.8:
+        return Metrics(math.nan, metrics.mae, metrics.r2, metrics.nonzero_coefs, metrics.fit_seconds)
+    return metrics
+
+
+def _check_logged(client: MlflowClient, config: Config, outcome: SweepOutcome) -> list[Any]:
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    assert experiment is not None
+    parent = find_sweep_run(client, experiment.experiment_id, outcome.name)
+    assert parent is not None
+    assert parent.info.status == "FINISHED"
+    children = trial_runs(client, experiment.experiment_id, outcome.name)
+    keys = [r.data.tags[TAG_TRIAL_KEY] for r in children]
+    assert len(keys) == len(set(keys)) == config.sweep.num_trials, "one child run per trial, no duplicate"
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert not [r for r in children if r.info.status == "RUNNING"]
+    digest = outcome.extra["dataset_digest"]
+    assert parent.data.tags[TAG_DIGEST] == digest
+    assert parent.inputs.dataset_inputs[0].dataset.digest == digest
+    assert {r.data.tags[TAG_DIGEST] for r in children} == {digest}
+    return children
+
+
+def test_counts_agree_and_failures_are_failed_runs(data_dir: Path, tmp_path: Path, tracking_uri: str) -> None:
+    config = _config(data_dir, tmp_path, tracking_uri, "sweep.num_trials=60", "sweep.sampler=random")
+    outcome = _tracked_sweep(config, objective=_flaky)
+    client = MlflowClient(tracking_uri)
+    children = _check_logged(client, config, outcome)
+    study = optuna.load_study(study_name=outcome.name, storage=SweepState(tmp_path / "state", outcome.name).storage())
+    assert len(study.trials) == outcome.tune_configs_now == len(children) == 60
+    by_number = {int(r.data.tags["sweeps.trial"]): r for r in children}
+    for trial in study.trials:
+        run = by_number[trial.number]
+        if trial.state == optuna.trial.TrialState.FAIL:
+            assert run.info.status == "FAILED"
+            assert "boom" in run.data.tags["sweeps.error"] or "NonFiniteMetric" in run.data.tags["sweeps.error"]
+        else:
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["rmse"] == pytest.approx(trial.values[0])
+    assert any(r.info.status == "FAILED" for r in children), "the flaky objective failed some trials"
+
+
+def test_parent_run_holds_config_card_and_report(data_dir: Path, tmp_path: Path, tracking_uri: str) -> None:
+    config = _config(data_dir, tmp_path, tracking_uri, "sweep.num_trials=30", "sweep.name=parent")
+    outcome = _tracked_sweep(config)
+    client = MlflowClient(tracking_uri)
+    children = _check_logged(client, config, outcome)
+    parent = find_sweep_run(client, client.get_experiment_by_name(config.tracking.experiment).experiment_id, "parent")
+    assert parent is not None
+    run_id = parent.info.run_id
+    assert parent.data.params["sweep.num_trials"] == "30"
+    assert parent.data.metrics["trials"] == 30
+    assert parent.data.metrics["pareto_front_size"] == len(outcome.best)
+    assert "sweeps.env.mlflow" in parent.data.tags
+    artifacts = {a.path: a for a in client.list_artifacts(run_id)}
+    assert {"config.yaml", "dataset_card.json", "report"} <= set(artifacts)
+    report = {a.path.removeprefix("report/"): a for a in client.list_artifacts(run_id, "report")}
+    assert {"report.html", "trials.csv"} <= set(report)
+    assert all((a.file_size or 0) > 0 for a in report.values())
+    table = Path(client.download_artifacts(run_id, "report/trials.csv", str(tmp_path)))
+    import pandas as pd
+
+    frame = pd.read_csv(table).set_index("number")
+    assert len(frame) == 30
+    for run in children:
+        number = int(run.data.tags["sweeps.trial"])
+        assert frame.loc[number, "rmse"] == pytest.approx(run.data.metrics["rmse"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    command = [
+        str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "2",
+    ]
+    log = (tmp_path / "server.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start in 90 s")
+        yield uri
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_http_tracking_server_logs_the_same_sweep(
+    data_dir: Path, tmp_path: Path, mlflow_server: str
+) -> None:
+    config = _config(data_dir, tmp_path, mlflow_server, "sweep.num_trials=24", "sweep.name=over-http")
+    outcome = _tracked_sweep(config)
+    children = _check_logged(MlflowClient(mlflow_server), config, outcome)
+    assert {int(r.data.tags["sweeps.trial"]) for r in children} == set(range(24))
