@@ -330,6 +330,7 @@ def run_sweep(
     )
     deadline = time.time() + config.sweep.time_budget_s if config.sweep.time_budget_s else None
     owns_ray = _connect_ray(address, config.sweep.concurrency)
+    log.info("ray ready after %.1f s", time.perf_counter() - started)
     status, evaluated = "failed", 0
     try:
         if address or os.environ.get("RAY_ADDRESS"):
@@ -427,6 +428,7 @@ def _run_tune(
     )
     try:
         if not ray.get(coordinator.remaining.remote()):
+            log.info("nothing left to run in sweep %s", name)
             return 0
         for callback in callbacks:
             callback.sweep_name = name
@@ -464,6 +466,7 @@ def _run_tune(
         level = analysis_log.level
         analysis_log.setLevel(logging.ERROR)
         try:
+            log.info("coordinator ready; starting %d Tune workers", config.sweep.concurrency)
             tuner.fit()
         finally:
             analysis_log.setLevel(level)

@@ -34,6 +34,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from sweeps.config import Config
 from sweeps.data import DataBundle
 from sweeps.engine import SweepOutcome, pareto_numbers
+from sweeps.errors import RunFailed
 from sweeps.mlflow_store import ensure_experiment, mlflow_dataset, sqlite_path, use_tracking
 from sweeps.records import TrialRecord
 from sweeps.sampler import sampler_label
@@ -238,22 +239,31 @@ class SweepTracker(TrialRecordCallback):
     def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
               **info: Any) -> None:
         self.start()
-        import ray
-
-        resources = ray.cluster_resources()
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        self._client().set_tag(self.parent_run_id, "sweeps.ray_nodes", str(len(nodes)))
-        self._client().set_tag(self.parent_run_id, "sweeps.ray_cpus", str(resources.get("CPU", 0)))
 
     def _client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     def start(self) -> None:
-        """Create (or, on resume, reopen) the parent run and start the writer thread."""
+        """Start the writer thread, which opens the parent run first: nothing here blocks the sweep."""
         with self._lock:
             if self._started:
                 return
             self._started = True
+        self._thread = threading.Thread(target=self._run, name="sweeps-tracking", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            writer = self._open()
+        # Reported by on_outcome, which then fails the command; the sweep itself goes on.
+        except Exception as exc:
+            log.exception("cannot open MLflow tracking at %s", self.uri)
+            self._error = exc
+            return
+        self._drain(writer)
+
+    def _open(self) -> _SqlWriter | _RestWriter:
+        """Create (or, on resume, reopen) the parent run; returns the child-run writer."""
         with use_tracking(self.uri) as client:
             self.experiment_id = ensure_experiment(client, self.config.tracking.experiment)
             existing = find_sweep_run(client, self.experiment_id, self.sweep_name)
@@ -264,10 +274,17 @@ class SweepTracker(TrialRecordCallback):
                 client.update_run(self.parent_run_id, status="RUNNING")
                 logged = trial_runs(client, self.experiment_id, self.sweep_name)
                 self._logged = {int(r.data.tags[TAG_TRIAL]) for r in logged}
+            self._tag_cluster(client)
             writer_cls = _SqlWriter if self._is_sql() else _RestWriter
-            writer = writer_cls(client, self.experiment_id)
-        self._thread = threading.Thread(target=self._drain, args=(writer,), name="sweeps-tracking", daemon=True)
-        self._thread.start()
+            return writer_cls(client, self.experiment_id)
+
+    def _tag_cluster(self, client: MlflowClient) -> None:
+        import ray
+
+        if ray.is_initialized():
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            client.set_tag(self.parent_run_id, "sweeps.ray_nodes", str(len(nodes)))
+            client.set_tag(self.parent_run_id, "sweeps.ray_cpus", str(ray.cluster_resources().get("CPU", 0)))
 
     def _is_sql(self) -> bool:
         return sqlite_path(self.uri) is not None or self.uri.startswith(("postgresql", "mysql", "mssql"))
@@ -338,6 +355,8 @@ class SweepTracker(TrialRecordCallback):
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join()
+        if not self.parent_run_id:
+            raise RunFailed(f"MLflow tracking at {self.uri} failed: {self._error}") from self._error
         client = self._client()
         client.log_batch(self.parent_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0)
                                                         for k, v in self._summary(outcome).items()])
