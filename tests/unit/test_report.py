@@ -1,0 +1,428 @@
+"""The sweep report: trial table, plots and HTML from hand-built outcomes; `sweeps report` on a state folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from matplotlib.collections import LineCollection
+from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.study import StudyDirection
+from optuna.trial import TrialState, create_trial
+from typer.testing import CliRunner
+
+from sweeps.cli import app
+from sweeps.config import Config
+from sweeps.engine import SweepOutcome, pareto_numbers
+from sweeps.errors import UsageError
+from sweeps.plots import PlotUnavailable, param_importances, plot_history, plot_params, plot_pareto
+from sweeps.records import TrialRecord
+from sweeps.report import ReportFiles, failure_reasons, write_report
+from sweeps.state import SweepState
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ONE = (("rmse", "minimize"),)
+TWO = (("rmse", "minimize"), ("nonzero_coefs", "minimize"))
+DISTS: dict[str, BaseDistribution] = {
+    "alpha": FloatDistribution(1e-4, 10.0, log=True),
+    "l1_ratio": FloatDistribution(0.0, 1.0),
+}
+CONVERGENCE = "ConvergenceFailure: ElasticNet did not converge in max_iter=1000 (alpha={a}, l1_ratio=0.5): stop"
+
+
+def params_of(number: int) -> dict[str, float]:
+    rng = np.random.default_rng(number)
+    return {"alpha": float(10 ** rng.uniform(-4, 1)), "l1_ratio": float(rng.uniform())}
+
+
+def metrics_of(params: dict[str, float]) -> dict[str, float]:
+    """Synthetic metrics: rmse grows with alpha, sparsity with alpha * l1_ratio (a real trade-off)."""
+    alpha, l1 = params["alpha"], params["l1_ratio"]
+    return {
+        "rmse": 0.7 + 0.02 * alpha + 0.01 * l1,
+        "mae": 0.55 + 0.01 * alpha,
+        "r2": 0.3 - 0.01 * alpha,
+        "nonzero_coefs": float(round(11 * (1 - min(1.0, alpha * l1)))),
+        "fit_seconds": 0.002,
+    }
+
+
+def record(number: int, state: str = "COMPLETE", error: str | None = None, **metrics: float) -> TrialRecord:
+    params = params_of(number)
+    values = metrics_of(params) | metrics if state == "COMPLETE" else metrics
+    return TrialRecord(
+        sweep="demo",
+        number=number,
+        params=params,
+        metrics=values,
+        state=state,  # type: ignore[arg-type]
+        error=error,
+        node="10.0.0.7",
+        pid=4242,
+        started_at=1.7e9 + number,
+        duration_s=0.002,
+    )
+
+
+def outcome_of(records: list[TrialRecord], objectives: tuple[tuple[str, str], ...], tmp: Path) -> SweepOutcome:
+    front = set(pareto_numbers(records, objectives))
+    best = [r for r in records if r.number in front]
+    if len(objectives) == 1 and best:
+        best = [min(best, key=lambda r: (r.metrics["rmse"], r.number))]
+    return SweepOutcome(
+        name="demo",
+        status="completed",
+        state_dir=tmp / "no-state" / "demo",
+        objectives=objectives,
+        records=tuple(records),
+        best=tuple(best),
+        requested=len(records),
+        evaluated_now=len(records),
+        tune_configs_now=len(records),
+        wall_s=2.5,
+        nodes=("10.0.0.7",),
+        extra={"dataset_digest": "d1g35t"},
+    )
+
+
+def sample_records() -> list[TrialRecord]:
+    """Trials numbered from 100 (so a number in the HTML is a trial, not a metric), some failed or NaN."""
+    records = [record(n) for n in range(100, 130)]
+    records += [record(130 + i, "FAIL", CONVERGENCE.format(a=0.001 * (i + 1))) for i in range(3)]
+    records += [record(133, "FAIL", "NonFiniteMetric: {'rmse': nan}", rmse=1e6), record(134, "FAIL", None)]
+    records.append(record(135, rmse=math.nan))  # complete, but its objective is not finite
+    return records[::-1]  # the table sorts by number whatever the input order
+
+
+def study_of(records: list[TrialRecord], objectives: tuple[tuple[str, str], ...]) -> optuna.Study:
+    study = optuna.create_study(
+        directions=[StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for _, d in objectives]
+    )
+    metrics = [m for m, _ in objectives]
+    for r in records:
+        usable = r.is_usable(metrics)
+        study.add_trial(
+            create_trial(
+                params=r.params,
+                distributions=DISTS,
+                values=[r.metrics[m] for m in metrics] if usable else None,
+                state=TrialState.COMPLETE if usable else TrialState.FAIL,
+            )
+        )
+    return study
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Written:
+    records: list[TrialRecord]
+    outcome: SweepOutcome
+    files: ReportFiles
+
+
+@pytest.fixture(scope="module", params=[ONE, TWO], ids=["one", "two"])
+def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Written:
+    """One report per objective count, shared by the tests that only read it (plots cost ~0.3 s each)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tmp = tmp_path_factory.mktemp("report")
+    records = sample_records()
+    outcome = outcome_of(records, request.param, tmp)
+    return Written(records, outcome, write_report(outcome, tmp / "r", study_of(records, request.param)))
+
+
+def test_csv_has_one_row_per_trial_with_the_records_values(written: Written) -> None:
+    records = written.records
+    table = pd.read_csv(written.files.trials_csv)
+    assert list(table["number"]) == sorted(r.number for r in records)
+    assert {
+        "state",
+        "error",
+        "params.alpha",
+        "params.l1_ratio",
+        "metrics.rmse",
+        "metrics.nonzero_coefs",
+        "node",
+        "pid",
+        "started_at",
+        "duration_s",
+    } <= set(table.columns)
+    rows = table.set_index("number")
+    for r in records:
+        row = rows.loc[r.number]
+        assert row["state"] == r.state
+        assert (row["error"] if isinstance(row["error"], str) else None) == r.error
+        assert row["params.alpha"] == pytest.approx(r.params["alpha"], rel=1e-12)
+        for metric in ("rmse", "mae", "r2", "nonzero_coefs", "fit_seconds"):
+            expected = r.metrics.get(metric, math.nan)
+            assert row[f"metrics.{metric}"] == pytest.approx(expected, rel=1e-12, nan_ok=True), (r.number, metric)
+        assert row["pid"] == 4242
+
+
+def test_every_plot_is_a_real_png(written: Written) -> None:
+    files = written.files
+    expected = {"history", "importance", "params"} | ({"pareto"} if len(written.outcome.objectives) > 1 else set())
+    assert {p.stem for p in files.plots} == expected
+    assert files.notes == ()
+    for path in files.paths:
+        assert path.parent == files.folder
+        assert path.stat().st_size > 0
+    for path in files.plots:
+        assert path.read_bytes().startswith(PNG_SIGNATURE), path
+        assert path.stat().st_size > 5000, path  # a drawn figure, not an empty canvas
+
+
+def test_html_embeds_every_plot_and_lists_the_best_trials(written: Written) -> None:
+    files, outcome = written.files, written.outcome
+    page = files.html.read_text(encoding="utf-8")
+    for path in files.plots:
+        assert f'href="{path.name}"' in page
+        assert base64.b64encode(path.read_bytes()).decode("ascii") in page
+    assert '<img src="data:image/png;base64,' in page
+    assert 'src="http' not in page  # self-contained
+    best_section = page.split("<h2>Failures</h2>")[0].split("<h2>Summary</h2>")[1]
+    shown = {int(n) for n in re.findall(r"<tr><td>(\d+)</td>", best_section.split("</table>", 1)[1])}
+    assert shown == {r.number for r in outcome.best}
+    assert (len(shown) == 1) if len(outcome.objectives) == 1 else (len(shown) >= 2)  # two: a real trade-off
+    for text in ("completed", "d1g35t", "<td>failed</td><td>5</td>", "36 of 36 requested"):
+        assert text in page
+
+
+def test_failures_are_counted_by_reason_with_numbers_masked(written: Written) -> None:
+    records = written.records
+    reasons = failure_reasons(records, ["rmse"])
+    assert [(f.reason, f.count) for f in reasons] == [
+        ("ConvergenceFailure: ElasticNet did not converge in max_iter=# (alpha=#, l1_ratio=#): stop", 3),
+        ("NonFiniteMetric: {'rmse': nan}", 1),
+        ("failed without an error message", 1),
+        ("complete, but objective not finite: {'rmse': nan}", 1),
+    ]
+    assert reasons[0].numbers == (130, 131, 132)
+    assert reasons[0].example == CONVERGENCE.format(a=0.001)
+    page = written.files.html.read_text(encoding="utf-8")
+    assert "<td>3</td><td>ConvergenceFailure: ElasticNet did not converge in max_iter=# (alpha=#" in page
+    assert "{&#x27;rmse&#x27;: nan}" in page  # messages are escaped
+
+
+def test_failed_and_nan_trials_never_give_objective_values_to_plots(tmp_path: Path) -> None:
+    records = sample_records()  # trial 133 failed with rmse=1e6 recorded; 135 completed with rmse NaN
+    outcome = outcome_of(records, TWO, tmp_path)
+    for figure in (plot_history(outcome), plot_pareto(outcome)):
+        for ax in figure.axes:
+            low, high = ax.get_ylim() if ax.get_ylabel().startswith("rmse") else ax.get_xlim()
+            if "rmse" in ax.get_ylabel() + ax.get_xlabel():
+                assert math.isfinite(low), ax.get_title()
+                assert high < 2, (ax.get_title(), low, high)
+    colour = plot_params(outcome).axes[0].collections[0].get_array()
+    assert colour is not None
+    assert len(colour) == 30  # the 30 usable trials, not the failed or NaN ones
+    assert float(np.max(colour)) < 2
+
+
+def test_importance_is_skipped_with_a_note_when_too_few_trials(tmp_path: Path) -> None:
+    records = [record(n) for n in range(3)] + [record(3, "FAIL", "boom")]
+    study = study_of(records, TWO)
+    with pytest.raises(PlotUnavailable, match=r"at least 10 complete trials, got 3\."):
+        param_importances(study, ["rmse", "nonzero_coefs"])
+    files = write_report(outcome_of(records, TWO, tmp_path), tmp_path / "r", study)
+    assert "importance" not in {p.stem for p in files.plots}
+    assert not (tmp_path / "r" / "importance.png").exists()
+    assert files.notes == ("importance: parameter importance needs at least 10 complete trials, got 3.",)
+    assert "Skipped importance: parameter importance needs at least 10 complete trials" in files.html.read_text()
+
+
+def test_importance_of_a_real_study_finds_the_parameter_that_matters() -> None:
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        alpha = trial.suggest_float("alpha", 1e-4, 10.0, log=True)
+        l1_ratio = trial.suggest_float("l1_ratio", 0.0, 1.0)
+        return math.log10(alpha), -l1_ratio  # the second is maximised below: best at high l1_ratio
+
+    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=80)
+    found = param_importances(study, ["rmse", "r2"])
+    assert set(found) == {"rmse", "r2"}
+    assert found["rmse"]["alpha"] > 0.9 > found["rmse"]["l1_ratio"]
+    assert found["r2"]["l1_ratio"] > 0.9 > found["r2"]["alpha"]
+    assert sum(found["rmse"].values()) == pytest.approx(1.0)
+
+
+def test_no_usable_trial_still_writes_the_table_and_says_why(tmp_path: Path) -> None:
+    records = [record(n, "FAIL", "ParamError: alpha must be >= 0") for n in range(4)]
+    files = write_report(outcome_of(records, TWO, tmp_path), tmp_path / "r")
+    assert files.plots == ()
+    assert len(pd.read_csv(files.trials_csv)) == 4
+    assert len(files.notes) == 4  # history, pareto, importance, params
+    page = files.html.read_text(encoding="utf-8")
+    assert "No trial is usable" in page
+    assert "<td>4</td><td>ParamError: alpha must be &gt;= #</td>" in page
+
+
+def test_a_rewritten_report_drops_plots_it_no_longer_has_and_notes_why(tmp_path: Path) -> None:
+    records = sample_records()
+    write_report(outcome_of(records, TWO, tmp_path), tmp_path / "r", study_of(records, TWO))
+    assert (tmp_path / "r" / "importance.png").is_file()
+    files = write_report(outcome_of(records, ONE, tmp_path), tmp_path / "r")  # no study, one objective
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(p.name for p in files.paths)
+    assert {p.stem for p in files.plots} == {"history", "params"}
+    assert files.notes == ("importance: parameter importance needs the sweep's Optuna study, and none was found.",)
+
+
+def test_report_folder_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(UsageError, match=r"cannot create the report folder .*taken"):
+        write_report(outcome_of(sample_records(), ONE, tmp_path), tmp_path / "taken")
+
+
+def test_scatter_points_are_downsampled_but_keep_the_best(tmp_path: Path) -> None:
+    outcome = outcome_of([record(n) for n in range(200)], ONE, tmp_path)
+    ax = plot_history(outcome, max_points=50).axes[0]
+    points = np.asarray(ax.collections[0].get_offsets())
+    assert 50 <= len(points) <= 51
+    assert outcome.best[0].number in {int(x) for x, _ in points}
+    assert re.search(r"showing 5\d of 200 trials", ax.get_title()), ax.get_title()
+
+
+def test_params_view_uses_log_scale_and_parallel_coordinates_for_more_params(tmp_path: Path) -> None:
+    outcome = outcome_of(sample_records(), ONE, tmp_path)
+    assert plot_params(outcome, {"alpha": True}).axes[0].get_xscale() == "log"
+    assert plot_params(outcome, {"alpha": False}).axes[0].get_xscale() == "linear"
+    three = [
+        TrialRecord("demo", r.number, r.params | {"tol": 1e-4 * (1 + r.number % 7)}, r.metrics, r.state)
+        for r in outcome.records
+    ]
+    wide = outcome_of(three, ONE, tmp_path)
+    lines = [c for c in plot_params(wide).axes[0].collections if isinstance(c, LineCollection)]
+    assert len(lines) == 1
+    assert len(lines[0].get_segments()) == 30
+
+
+# --- `sweeps report` on a sweep state folder -----------------------------------------------
+
+
+def make_state(root: Path, name: str = "demo", trials: int = 24) -> SweepState:
+    """A sweep state folder as the engine leaves it, written without Ray."""
+    state = SweepState(root, name)
+    config = Config.model_validate(
+        {
+            "sweep": {
+                "name": name,
+                "num_trials": trials,
+                "storage": str(root),
+                "objectives": [{"metric": "rmse"}, {"metric": "nonzero_coefs"}],
+            }
+        }
+    )
+    now = time.time()
+    state.write_meta(
+        name=name,
+        config=config.model_dump(mode="json"),
+        status="completed",
+        started=now - 4.0,
+        finished=now,
+        requested=trials,
+        dataset_digest="d1g35t",
+    )
+    study = optuna.create_study(study_name=name, storage=state.storage(), directions=["minimize", "minimize"])
+    batch = []
+    for n in range(trials):
+        params = params_of(n)
+        failed = n % 8 == 7
+        metrics = {} if failed else metrics_of(params)
+        attrs = {
+            "metrics": metrics,
+            "error": CONVERGENCE.format(a=params["alpha"]) if failed else None,
+            "node": "10.0.0.7",
+            "pid": 99,
+            "started_at": now - 3.0 + n / 10,
+            "duration_s": 0.002,
+        }
+        batch.append(
+            create_trial(
+                params=params,
+                distributions=DISTS,
+                user_attrs={"sweeps": attrs},
+                state=TrialState.FAIL if failed else TrialState.COMPLETE,
+                values=None if failed else [metrics["rmse"], metrics["nonzero_coefs"]],
+            )
+        )
+    study.add_trials(batch)
+    return state
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_cli_writes_the_report_of_a_stored_sweep_and_prints_its_path(runner: CliRunner, tmp_path: Path) -> None:
+    make_state(tmp_path / "state")
+    result = runner.invoke(app, ["report", "demo", "--storage", str(tmp_path / "state")])
+    assert result.exit_code == 0, result.output
+    html = tmp_path / "reports" / "demo" / "report.html"
+    assert result.stdout.strip().splitlines()[-1] == str(html)
+    table = pd.read_csv(html.parent / "trials.csv")
+    assert len(table) == 24
+    assert (table["state"] == "FAIL").sum() == 3
+    assert table.loc[table["number"] == 7, "error"].item().startswith("ConvergenceFailure")
+    for name in ("history", "pareto", "importance", "params"):
+        assert (html.parent / f"{name}.png").read_bytes().startswith(PNG_SIGNATURE)
+    page = html.read_text(encoding="utf-8")
+    assert "d1g35t" in page
+    assert "<td>3</td><td>ConvergenceFailure" in page
+
+
+def test_cli_json_and_out_folder(runner: CliRunner, tmp_path: Path) -> None:
+    make_state(tmp_path / "state")
+    out = tmp_path / "elsewhere"
+    result = runner.invoke(app, ["report", "demo", "--storage", str(tmp_path / "state"), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["html"] == str(out / "report.html")
+    assert sorted(Path(p).name for p in payload["plots"]) == [
+        "history.png",
+        "importance.png",
+        "params.png",
+        "pareto.png",
+    ]
+    assert payload["notes"] == []
+
+
+@pytest.mark.parametrize(
+    ("setup", "pattern"),
+    [
+        (lambda root: None, r"no sweep named 'demo' under"),
+        (lambda root: SweepState(root, "demo").write_meta(name="demo", config={}), r"has no trials yet"),
+    ],
+)
+def test_cli_missing_sweep_is_a_one_line_usage_error(
+    runner: CliRunner, tmp_path: Path, setup: Any, pattern: str
+) -> None:
+    setup(tmp_path / "state")
+    result = runner.invoke(app, ["report", "demo", "--storage", str(tmp_path / "state")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not (tmp_path / "reports").exists()
+
+
+def test_cli_help(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["report", "--help"])
+    assert result.exit_code == 0
+    for text in ("--out", "--storage", "--json", "report.html"):
+        assert text in result.stdout
