@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import time
 from types import FrameType
 from typing import Annotated
@@ -28,6 +30,14 @@ AddressOption = Annotated[
 
 def _model_uri(cfg: Config, model: str | None) -> str:
     return model or cfg.serve.model_uri or f"models:/{cfg.registry.model_name}@champion"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port.") from None
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -67,6 +77,8 @@ def serve(
         settings = AppArgs.model_validate(cfg.serve.model_dump() | updates)
         # Fail in milliseconds, before Ray starts, if the registry has nothing to serve.
         version = resolve_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), ref)
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            _check_port_free(settings.host, settings.port)
         console.print(f"serving {uri} (now version {version.version}) from {tracking_uri}")
         # Ctrl+C and SIGTERM both stop cleanly (a shell starts background jobs with SIGINT ignored).
         signal.signal(signal.SIGTERM, _interrupt)

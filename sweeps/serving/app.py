@@ -33,7 +33,7 @@ from starlette.responses import Response
 
 from sweeps.config import RegistryConfig, ServeConfig, TrackingConfig
 from sweeps.errors import ConfigError
-from sweeps.serving.metrics import ModelIdentity, VersionStats, merge_snapshots, render_prometheus, summarize
+from sweeps.serving.metrics import ModelIdentity, VersionStats, merge_snapshots, summarize
 from sweeps.serving.model import (
     ModelNotFound,
     ServedModel,
@@ -41,6 +41,7 @@ from sweeps.serving.model import (
     parse_model_uri,
     resolve_version,
 )
+from sweeps.serving.prometheus import render_prometheus
 from sweeps.serving.protocol import (
     BadRequest,
     Limits,
@@ -78,6 +79,7 @@ SERVE_ENV = {
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
 }
 STATS_PUSH_S = 1.0
+RETRY_FAILED_S = 60.0
 LARGE_BODY = 256 * 1024  # bodies above this are parsed off the event loop
 JSON = "application/json"
 CLIENT_CLOSED = 499  # nginx's status for a request the client abandoned
@@ -147,6 +149,7 @@ class ModelServer:
         self._problem = f"Loading {self._ref.uri} from {self._tracking_uri}."
         self._stats: dict[tuple[str, str], VersionStats] = {}
         self._swaps: list[dict[str, Any]] = []
+        self._failed: tuple[str, float] | None = None  # a version whose load failed, and when
         self._changes = 0
         self._pushed = 0
         batcher: Any = self._predict_small  # serve.batch adds setters the type checker cannot see
@@ -170,24 +173,39 @@ class ModelServer:
             try:
                 await self._refresh()
             except Exception as exc:  # a registry hiccup must not end hot swapping
-                self._problem = f"Cannot load {self._ref.uri}: {exc}"
-                log.exception("refreshing %s failed; retrying in %ss", self._ref.uri, self._settings.alias_poll_s)
+                self._note_problem(f"Cannot refresh {self._ref.uri}: {exc}", exc_info=True)
             await asyncio.sleep(self._settings.alias_poll_s)
+
+    def _note_problem(self, message: str, exc_info: bool = False) -> None:
+        """Remember why the alias is not (or no longer) served; log each distinct reason once."""
+        if message != self._problem:
+            serving = f"; still serving version {self._current.identity.version}" if self._current else ""
+            log.warning("%s%s", message, serving, exc_info=exc_info)
+        self._problem = message
 
     async def _refresh(self) -> None:
         try:
             version = await asyncio.to_thread(resolve_version, self._client, self._ref)
         except ModelNotFound as exc:
-            self._problem = str(exc)
-            if self._current is not None:
-                log.warning("%s; still serving version %s", exc, self._current.identity.version)
+            self._note_problem(str(exc))
             return
+        number = str(version.version)
         current = self._current
-        if current is not None and current.identity.version == str(version.version):
+        if current is not None and current.identity.version == number:
+            self._problem = ""
             return
-        loaded = await asyncio.to_thread(load_served_model, self._client, self._tracking_uri, version)
+        if self._failed and self._failed[0] == number and time.monotonic() - self._failed[1] < RETRY_FAILED_S:
+            return  # this version failed to load a moment ago: retry later, not every poll
+        try:
+            loaded = await asyncio.to_thread(load_served_model, self._client, self._tracking_uri, version)
+        except Exception as exc:
+            self._failed = (number, time.monotonic())
+            self._note_problem(f"Cannot load version {number} of {self._ref.uri}: {exc}", exc_info=True)
+            return
+        self._failed = None
         self._stats_for(loaded)
         self._current = loaded  # the swap: one assignment; requests in flight keep their model
+        self._problem = ""
         self._changes += 1
         previous = current.identity.version if current else None
         self._swaps.append({"from": previous, "to": loaded.identity.version, "at": time.time(),
@@ -197,6 +215,12 @@ class ModelServer:
             self._ref.uri, loaded.identity.version, loaded.identity.run_id, loaded.identity.dataset_digest,
             previous or "none", loaded.load_seconds, loaded.fast_path,
         )  # fmt: skip
+
+    def __del__(self) -> None:
+        # Serve calls this when the replica stops: end the background tasks before the
+        # event loop and its thread pool go away.
+        for task in getattr(self, "_tasks", []):
+            task.cancel()
 
     def check_health(self) -> None:
         """Serve's replica health check: fails only if the background tasks died."""
@@ -394,7 +418,7 @@ class ModelServer:
                 "replica": self._replica,
                 "replica_started_at": self._started,
                 "snapshot_at": time.time(),
-                "problem": None if model else self._problem,
+                "problem": self._problem or None,
                 "swaps": self._swaps,
             },
             "current": model.identity.as_dict() if model else None,

@@ -28,7 +28,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from sweeps.errors import ConfigError, SweepsError
+from sweeps.errors import ConfigError, SweepsError, UsageError
 from sweeps.serving.metrics import FeatureStats, ModelIdentity
 
 __all__ = [
@@ -53,7 +53,7 @@ _NUMERIC_TYPES = {"double", "float", "long", "integer"}
 _LINEAR_MODELS = {"ElasticNet", "ElasticNetCV", "Lasso", "LassoCV", "LinearRegression", "Ridge", "RidgeCV"}
 
 
-class ModelNotFound(SweepsError):
+class ModelNotFound(UsageError):
     """The registry has no such model, alias or version (yet)."""
 
 
@@ -118,11 +118,11 @@ def load_served_model(client: MlflowClient, tracking_uri: str, version: ModelVer
     start = time.perf_counter()
     name, number = version.name, str(version.version)
     with tempfile.TemporaryDirectory(prefix="sweeps-serve-") as tmp:
+        # The version's storage location, through our client: a models:/ URI would be resolved
+        # against MLflow's global registry URI, not the one we were given.
+        location = client.get_model_version_download_uri(name, number)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{number}",
-            dst_path=str(Path(tmp) / "model"),
-            tracking_uri=tracking_uri,
-            registry_uri=tracking_uri,
+            artifact_uri=location, dst_path=str(Path(tmp) / "model"), tracking_uri=tracking_uri
         )
         columns = _signature_columns(Model.load(str(Path(local) / "MLmodel")), name, number)
         pipeline = mlflow.sklearn.load_model(local)
@@ -162,7 +162,8 @@ def _generic(pipeline: Any, columns: Sequence[str]) -> Callable[[np.ndarray], np
     names = list(columns)
 
     def predict(features: np.ndarray) -> np.ndarray:
-        return np.asarray(pipeline.predict(pd.DataFrame(features, columns=names)), dtype=np.float64).reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):  # the endpoint refuses non-finite answers
+            return np.asarray(pipeline.predict(pd.DataFrame(features, columns=names)), dtype=np.float64).reshape(-1)
 
     return predict
 
@@ -181,10 +182,11 @@ def _linear(pipeline: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     coef, intercept = np.asarray(last.coef_, dtype=np.float64), float(last.intercept_)
 
     def predict(features: np.ndarray) -> np.ndarray:
-        x = features - mean if mean is not None else features.copy()
-        if scale is not None:
-            x /= scale
-        return np.asarray(x @ coef + intercept, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # the endpoint refuses non-finite answers
+            x = features - mean if mean is not None else features.copy()
+            if scale is not None:
+                x /= scale
+            return np.asarray(x @ coef + intercept, dtype=np.float64)
 
     return predict
 
