@@ -329,13 +329,17 @@ def run_sweep(
         on_progress,
     )
     deadline = time.time() + config.sweep.time_budget_s if config.sweep.time_budget_s else None
-    owns_ray = _connect_ray(address, config.sweep.concurrency)
-    log.info("ray ready after %.1f s", time.perf_counter() - started)
+    todo = len(before) < config.sweep.num_trials
+    if not todo:
+        log.info("sweep %s already has its %d trials; Ray is not started", name, len(before))
+    owns_ray = todo and _connect_ray(address, config.sweep.concurrency)
     status, evaluated = "failed", 0
     try:
-        if address or os.environ.get("RAY_ADDRESS"):
-            _check_cluster(config)
-        evaluated = _run_tune(config, name, state, prepare(bundle.split), objective, callbacks, counts, deadline)
+        if todo:
+            log.info("ray ready after %.1f s", time.perf_counter() - started)
+            if address or os.environ.get("RAY_ADDRESS"):
+                _check_cluster(config)
+            evaluated = _run_tune(config, name, state, prepare(bundle.split), objective, callbacks, counts, deadline)
         counts.report(force=True)
         finished = len(_finished_trials(state, name))
         if finished >= config.sweep.num_trials:
