@@ -19,7 +19,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 run: $(VENV)/.installed
-	$(BIN)/sweeps train $(ARGS)
+	$(BIN)/sweeps run $(ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

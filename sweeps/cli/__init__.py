@@ -5,7 +5,7 @@ Each command lives in its own module, which registers itself on the shared Typer
 
 from __future__ import annotations
 
-from sweeps.cli import data, models, report, serve, sweep, train  # noqa: F401  (imported to register commands)
+from sweeps.cli import data, models, report, select, serve, sweep, train  # noqa: F401  (imported to register commands)
 from sweeps.cli.common import app
 
 __all__ = ["app", "main"]

@@ -124,12 +124,32 @@ def run(
     address: AddressOption = None,
     quiet: QuietOption = False,
     as_json: JsonOption = False,
+    sweep_only: Annotated[
+        bool, typer.Option("--sweep-only", help="Stop after the sweep: no selection, registration or promotion.")
+    ] = False,
 ) -> None:
-    """Run a sweep: Ray Tune executes configs asked from Optuna; the same command resumes it."""
+    """Run a sweep, then select, refit, test, register and promote its winner; the same command resumes it.
+
+    Ray Tune executes configs asked from Optuna; an interrupted sweep stops before selection.
+    """
+    from sweeps.cli.select import champion_payload, champion_summary, render_champion, render_selection
+    from sweeps.promotion import select_and_register
 
     def body() -> None:
         cfg = load(config, overrides)
-        finish(execute_sweep(cfg, address, quiet, as_json), as_json)
+        outcome = execute_sweep(cfg, address, quiet, as_json)
+        if sweep_only or outcome.status == "interrupted":
+            finish(outcome, as_json)
+            return
+        if not as_json:
+            render_outcome(outcome)
+        report = select_and_register(cfg, outcome)
+        champion = champion_summary(report.tracking_uri, report.model_name)
+        if as_json:
+            print_json(outcome.summary() | {"selection": report.summary(), "champion": champion_payload(champion)})
+            return
+        render_selection(report, [m for m, _ in outcome.objectives], show_front=False)
+        render_champion(champion, report.model_name, report.tracking_uri, cfg.tracking.uri is not None)
 
     guard(body)
 

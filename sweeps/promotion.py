@@ -1,0 +1,362 @@
+"""From a finished sweep to a promoted model: select, refit, score on the test split, register, promote.
+
+The sweep chose on validation data, so its numbers flatter the winner; the chosen params are
+refitted on train + validation and scored on the held-out test split, and only those test
+metrics decide promotion. Selecting the same sweep again with the same policy finds the version
+registered the first time (same sweep, policy, trial and dataset digest) and registers nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.models import infer_signature
+from sklearn.pipeline import Pipeline
+
+from sweeps.config import Config, apply_overrides
+from sweeps.data import DataBundle, load_data
+from sweeps.engine import SweepOutcome
+from sweeps.errors import ConfigError, ObjectiveError, RunFailed, UsageError
+from sweeps.lineage import (
+    CARD_ARTIFACT,
+    CONFIG_ARTIFACT,
+    TAG_DIGEST,
+    TAG_KIND,
+    TAG_SWEEP_RUN,
+    TAG_TRIAL_RUN,
+    find_sweep_run,
+    find_trial_run,
+)
+from sweeps.mlflow_store import ensure_experiment, mlflow_dataset, use_tracking
+from sweeps.records import TrialRecord
+from sweeps.registry import (
+    TAG_POLICY,
+    TAG_SWEEP,
+    TAG_TEST_PREFIX,
+    TAG_TRIAL,
+    PromotionResult,
+    find_version,
+    promote_if_better,
+    register_version,
+)
+from sweeps.selection import Selection, SelectionError, select_best
+from sweeps.space import params_for
+from training.card import write_card
+from training.data import TARGET
+from training.objective import ElasticNetParams, fit_pipeline, nonzero_coefs, score
+
+__all__ = [
+    "DIRECTIONS",
+    "SELECTABLE_STATUSES",
+    "RefitScore",
+    "SelectionRefused",
+    "SelectionReport",
+    "refit_and_score",
+    "select_and_register",
+    "selection_config",
+]
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
+    "rmse": "minimize",
+    "mae": "minimize",
+    "r2": "maximize",
+    "nonzero_coefs": "minimize",
+    "fit_seconds": "minimize",
+}
+SELECTABLE_STATUSES = ("completed", "budget_exhausted")
+# What `sweeps select` may change in the stored config: the sweep's data, split, model and search
+# space are fixed by the sweep (a different split would leak validation rows into the test set).
+_OVERRIDABLE = ("registry.", "tracking.", "sweep.storage", "data.path", "data.cache_dir")
+_PINNED = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "cloudpickle")
+
+
+class SelectionRefused(UsageError):
+    """Nothing can be selected: no usable trial, none within the constraints, or the sweep is unfinished."""
+
+
+@dataclass(frozen=True)
+class RefitScore:
+    """The chosen params refitted on train + validation, with their honest test-split metrics."""
+
+    params: ElasticNetParams
+    pipeline: Pipeline
+    test_metrics: dict[str, float]
+    fit_rows: int
+    test_rows: int
+
+
+@dataclass(frozen=True)
+class SelectionReport:
+    """What `select_and_register` did: the choice, its test score, the version and the alias move."""
+
+    model_name: str
+    version: int
+    created: bool
+    sweep: str
+    selection: Selection
+    test_metrics: dict[str, float]
+    promote_metric: str
+    promotion: PromotionResult
+    dataset_digest: str
+    tracking_uri: str
+    selection_run_id: str | None = None
+    sweep_run_id: str | None = None
+    trial_run_id: str | None = None
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}/{self.version}"
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary for `--json`."""
+        chosen = self.selection.chosen
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "created": self.created,
+            "model_uri": self.model_uri,
+            "sweep": self.sweep,
+            "policy": self.selection.policy,
+            "reason": self.selection.reason,
+            "chosen": {"number": chosen.number, "params": chosen.params, "validation_metrics": chosen.metrics},
+            "front": [{"number": r.number, "params": r.params, "metrics": r.metrics} for r in self.selection.front],
+            "usable": self.selection.usable,
+            "excluded": self.selection.excluded,
+            "test_metrics": self.test_metrics,
+            "promote_metric": self.promote_metric,
+            "promoted": self.promotion.promoted,
+            "champion": self.promotion.champion,
+            "previous": self.promotion.previous,
+            "promotion_reason": self.promotion.reason,
+            "dataset_digest": self.dataset_digest,
+            "tracking_uri": self.tracking_uri,
+            "selection_run_id": self.selection_run_id,
+            "sweep_run_id": self.sweep_run_id,
+            "trial_run_id": self.trial_run_id,
+        }
+
+
+def selection_config(stored: Config, overrides: list[str]) -> Config:
+    """The config a sweep ran with, with `registry.*`, `tracking.*` and data-location overrides.
+
+    Anything else is fixed by the sweep and refused, naming the override.
+    """
+    fixed = [o for o in overrides if not o.partition("=")[0].strip().startswith(_OVERRIDABLE)]
+    if fixed:
+        raise ConfigError(
+            f"selection overrides must start with one of {list(_OVERRIDABLE)}: the sweep's data, split, model "
+            f"and search space are fixed by the sweep it ran, got {fixed}."
+        )
+    tree = apply_overrides(stored.model_dump(mode="json"), list(overrides))
+    try:
+        return Config.model_validate(tree)
+    except ValueError as exc:
+        raise ConfigError(f"stored sweep config with overrides {list(overrides)}: {exc}") from exc
+
+
+def refit_and_score(config: Config, bundle: DataBundle, record: TrialRecord) -> RefitScore:
+    """Refit `record`'s params on train + validation and score them on the held-out test split."""
+    params = params_for(config.model, record.params)
+    features = list(bundle.split.features)
+    fit = pd.concat([bundle.frame("train"), bundle.frame("validation")], ignore_index=True)
+    test = bundle.frame("test")
+    start = time.perf_counter()
+    try:
+        pipeline = fit_pipeline(params, fit[features], fit[TARGET], config.model.seed)
+        fit_seconds = time.perf_counter() - start
+        metrics = score(test[TARGET].to_numpy(), pipeline.predict(test[features]))
+    except ObjectiveError as exc:
+        raise RunFailed(
+            f"refitting trial {record.number} of sweep {record.sweep!r} on train+validation failed: {exc}"
+        ) from exc
+    metrics |= {"nonzero_coefs": float(nonzero_coefs(pipeline)), "fit_seconds": fit_seconds}
+    return RefitScore(params, pipeline, metrics, len(fit), len(test))
+
+
+def _pinned_requirements() -> list[str]:
+    pins = []
+    for package in _PINNED:
+        try:
+            pins.append(f"{package}=={package_version(package)}")
+        except PackageNotFoundError:
+            log.warning("package %s not installed; left out of the model's requirements", package)
+    return pins
+
+
+def _choose(outcome: SweepOutcome, config: Config) -> Selection:
+    if outcome.status not in SELECTABLE_STATUSES:
+        raise SelectionRefused(
+            f"sweep {outcome.name!r} is {outcome.status} ({len(outcome.records)}/{outcome.requested} trials); "
+            f"only a sweep that is {' or '.join(SELECTABLE_STATUSES)} can be selected from: "
+            f"finish it with `sweeps resume {outcome.name}` first."
+        )
+    try:
+        return select_best(outcome.records, config.sweep.objectives, config.registry.policy)
+    except SelectionError as exc:
+        raise SelectionRefused(f"sweep {outcome.name!r}: {exc}") from exc
+
+
+def _version_metrics(version: ModelVersion) -> dict[str, float]:
+    metrics = {}
+    for key, raw in (version.tags or {}).items():
+        if key.startswith(TAG_TEST_PREFIX):
+            try:
+                metrics[key.removeprefix(TAG_TEST_PREFIX)] = float(raw)
+            except ValueError:
+                log.warning("version %s: tag %s=%r is not a number", version.version, key, raw)
+    return dict(sorted(metrics.items()))
+
+
+def _description(selection: Selection, refit: RefitScore, digest: str) -> str:
+    chosen = selection.chosen
+    params = ", ".join(
+        f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in refit.params.as_dict().items()
+    )
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in refit.test_metrics.items() if k != "fit_seconds")
+    return (
+        f"StandardScaler + ElasticNet({params}) from trial {chosen.number} of sweep {chosen.sweep!r}, chosen by "
+        f"{selection.policy} ({selection.reason}). Refitted on train+validation ({refit.fit_rows} rows) and "
+        f"scored on the held-out test split ({refit.test_rows} rows): {metrics}. Dataset digest {digest}."
+    )
+
+
+def _log_selection_run(
+    client: MlflowClient,
+    config: Config,
+    bundle: DataBundle,
+    selection: Selection,
+    refit: RefitScore,
+    links: dict[str, str],
+) -> tuple[str, str]:
+    """Log the refitted model and its evidence in a selection run; returns (run id, model URI)."""
+    chosen = selection.chosen
+    experiment_id = ensure_experiment(client, config.tracking.experiment)
+    tags = {
+        TAG_KIND: "selection",
+        TAG_SWEEP: chosen.sweep,
+        TAG_TRIAL: str(chosen.number),
+        TAG_POLICY: selection.policy,
+        TAG_DIGEST: bundle.digest,
+        **links,
+    }
+    features = list(bundle.split.features)
+    example = bundle.frame("train")[features].head(5)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"select-{chosen.key}", tags=tags) as run:
+        mlflow.log_params(refit.params.as_dict() | {"seed": config.model.seed, "trial": chosen.number})
+        mlflow.log_metrics({f"test_{k}": v for k, v in refit.test_metrics.items()})
+        mlflow.log_metrics({f"validation_{k}": v for k, v in chosen.metrics.items()})
+        mlflow.log_input(mlflow_dataset(bundle, "train"), context="training")
+        mlflow.log_input(mlflow_dataset(bundle, "validation"), context="training")
+        mlflow.log_input(mlflow_dataset(bundle, "test"), context="evaluation")
+        with tempfile.TemporaryDirectory(prefix="sweeps-select-") as tmp:
+            folder = Path(tmp)
+            write_card(bundle.card, folder / CARD_ARTIFACT)
+            (folder / CONFIG_ARTIFACT).write_text(
+                yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+            )
+            evidence = {
+                "policy": selection.policy,
+                "reason": selection.reason,
+                "usable": selection.usable,
+                "excluded": selection.excluded,
+                "chosen": {"number": chosen.number, "params": chosen.params, "metrics": chosen.metrics},
+                "front": [{"number": r.number, "params": r.params, "metrics": r.metrics} for r in selection.front],
+                "test_metrics": refit.test_metrics,
+            }
+            (folder / "selection.json").write_text(json.dumps(evidence, indent=2, default=str), encoding="utf-8")
+            for name in (CARD_ARTIFACT, CONFIG_ARTIFACT, "selection.json"):
+                mlflow.log_artifact(str(folder / name))
+        info = mlflow.sklearn.log_model(
+            refit.pipeline,
+            name="model",
+            signature=infer_signature(example, refit.pipeline.predict(example)),
+            input_example=example,
+            pip_requirements=_pinned_requirements(),
+        )
+    return run.info.run_id, info.model_uri
+
+
+def _tracking_links(client: MlflowClient, config: Config, record: TrialRecord, digest: str) -> dict[str, str]:
+    """Run ids of the sweep's parent run and the chosen trial's run, when tracking recorded them."""
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None:
+        return {}
+    experiment_id = str(experiment.experiment_id)
+    sweep_run = find_sweep_run(client, experiment_id, record.sweep, digest)
+    parent = sweep_run.info.run_id if sweep_run is not None else None
+    trial_run = find_trial_run(client, experiment_id, record.sweep, record.number, parent)
+    links = {}
+    if sweep_run is not None:
+        links[TAG_SWEEP_RUN] = sweep_run.info.run_id
+    if trial_run is not None:
+        links[TAG_TRIAL_RUN] = trial_run.info.run_id
+    if not links:
+        log.info("no tracked runs for sweep %s in experiment %s: links left out", record.sweep, experiment.name)
+    return links
+
+
+def select_and_register(
+    config: Config, outcome: SweepOutcome, *, force: bool = False, bundle: DataBundle | None = None
+) -> SelectionReport:
+    """Choose a trial by `registry.policy`, refit and test it, register it as `challenger`, promote if better.
+
+    `config` is the sweep's config (its registry and tracking sections decide where and how).
+    A version already registered for the same sweep, policy, trial and data is reused, not
+    registered again; the promotion gate still runs on it (idempotent for a champion).
+    """
+    selection = _choose(outcome, config)
+    chosen = selection.chosen
+    bundle = bundle or load_data(config.data, config.split)
+    swept_digest = outcome.extra.get("dataset_digest")
+    if swept_digest and swept_digest != bundle.digest:
+        raise UsageError(
+            f"the data now loaded (digest {bundle.digest}) is not the data sweep {outcome.name!r} ran on "
+            f"(digest {swept_digest}): point data.path at the sweep's data."
+        )
+    name, metric = config.registry.model_name, config.registry.promote_metric
+    uri = config.tracking.resolved_uri
+    identity = {
+        TAG_SWEEP: chosen.sweep,
+        TAG_POLICY: selection.policy,
+        TAG_TRIAL: str(chosen.number),
+        TAG_DIGEST: bundle.digest,
+    }
+    with use_tracking(uri) as client:
+        existing = find_version(client, name, identity)
+        if existing is not None:
+            log.info("%s trial %s is already %s version %s", chosen.sweep, chosen.number, name, existing.version)
+            run = client.get_run(existing.run_id) if existing.run_id else None
+            run_tags = run.data.tags if run is not None else {}
+            promotion = promote_if_better(client, name, existing.version, metric, DIRECTIONS[metric], force=force)
+            return SelectionReport(
+                name, int(existing.version), False, outcome.name, selection, _version_metrics(existing), metric,
+                promotion, bundle.digest, uri, existing.run_id or None, run_tags.get(TAG_SWEEP_RUN),
+                run_tags.get(TAG_TRIAL_RUN),
+            )
+        refit = refit_and_score(config, bundle, chosen)
+        links = _tracking_links(client, config, chosen, bundle.digest)
+        run_id, model_uri = _log_selection_run(client, config, bundle, selection, refit, links)
+        tags = identity | {f"{TAG_TEST_PREFIX}{k}": repr(float(v)) for k, v in refit.test_metrics.items()}
+        version = register_version(
+            client, name, model_uri, run_id, tags=tags, description=_description(selection, refit, bundle.digest)
+        )
+        promotion = promote_if_better(client, name, version.version, metric, DIRECTIONS[metric], force=force)
+    return SelectionReport(
+        name, int(version.version), True, outcome.name, selection, refit.test_metrics, metric, promotion,
+        bundle.digest, uri, run_id, links.get(TAG_SWEEP_RUN), links.get(TAG_TRIAL_RUN),
+    )
