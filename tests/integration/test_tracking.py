@@ -116,7 +116,7 @@ def test_parent_run_holds_config_card_and_report(data_dir: Path, tmp_path: Path,
     assert len(frame) == 30
     for run in children:
         number = int(run.data.tags["sweeps.trial"])
-        assert frame.loc[number, "rmse"] == pytest.approx(run.data.metrics["rmse"])
+        assert frame.loc[number, "metrics.rmse"] == pytest.approx(run.data.metrics["rmse"])
 
 
 def _free_port() -> int:
