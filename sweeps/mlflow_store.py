@@ -70,11 +70,17 @@ def use_tracking(uri: str) -> Iterator[MlflowClient]:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """Id of the experiment `name`, created when missing."""
+    """Id of the experiment `name`, created when missing.
+
+    With a SQLite store, artifacts go to `mlartifacts/` beside the database file rather than to
+    `./mlruns` under whatever folder the command ran in, so a store stays in one place.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    return str(client.create_experiment(name))
+    database = sqlite_path(client.tracking_uri)
+    location = (database.resolve().parent / "mlartifacts").as_uri() if database is not None else None
+    return str(client.create_experiment(name, artifact_location=location))
 
 
 def _dataset_source(bundle: DataBundle) -> DatasetSource:
