@@ -20,8 +20,10 @@ import ray
 from mlflow import MlflowClient
 
 from sweeps.config import CONFIG_DIR, Config, load_config
-from sweeps.engine import SweepOutcome, pareto_numbers, run_sweep
+from sweeps.data import load_data
+from sweeps.engine import SweepOutcome, pareto_numbers, resolve_sweep_name, run_sweep
 from sweeps.state import SweepState
+from sweeps.tracking import SweepTracker
 from training.objective import Metrics, PreparedSplit, evaluate
 
 pytestmark = pytest.mark.integration
@@ -101,7 +103,7 @@ def test_raising_and_nan_trials_fail_with_reason_and_sweep_completes(data_dir: P
     assert all(states[n] == optuna.trial.TrialState.FAIL for n in failed_numbers)
 
 
-def test_killed_worker_is_retried_and_sweep_completes(data_dir: Path, tmp_path: Path) -> None:
+def test_killed_worker_is_retried_and_sweep_completes(data_dir: Path, tmp_path: Path, tracking_uri: str) -> None:
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
 
@@ -122,17 +124,27 @@ def test_killed_worker_is_retried_and_sweep_completes(data_dir: Path, tmp_path: 
                 killed.append(pids[0])
             time.sleep(0.05)
 
+    config = _config(
+        data_dir, tmp_path, "sweep.num_trials=60", "sweep.batch_size=6", "sweep.max_failures=3",
+        f"tracking.uri={tracking_uri}", "tracking.enabled=true",
+    )
+    bundle = load_data(config.data, config.split)
+    tracker = SweepTracker(config, bundle, resolve_sweep_name(config))
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    outcome = run_sweep(
-        _config(data_dir, tmp_path, "sweep.num_trials=60", "sweep.batch_size=6", "sweep.max_failures=3"),
-        objective=slow_objective,
-    )
+    outcome = run_sweep(config, objective=slow_objective, callbacks=[tracker], bundle=bundle)
     thread.join(timeout=5)
     assert killed, "the test must have killed a worker process"
     assert outcome.status == "completed"
     assert sorted(r.number for r in outcome.records) == list(range(60))
     assert all(r.state == "COMPLETE" for r in outcome.records), "the killed batch was retried, not lost"
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    keys = [r.data.tags["sweeps.trial_key"] for r in runs if r.data.tags.get("sweeps.kind") == "trial"]
+    assert len(keys) == len(set(keys)) == 60, "every finished trial is in MLflow exactly once"
+    assert not [r for r in runs if r.info.status == "RUNNING"]
 
 
 def test_same_seed_concurrency_one_gives_same_best(data_dir: Path, tmp_path: Path) -> None:
