@@ -26,6 +26,7 @@ __all__ = [
     "guard",
     "load",
     "print_json",
+    "storage_root",
 ]
 
 app = typer.Typer(
@@ -82,6 +83,11 @@ def guard(action: Callable[[], T]) -> T:
 
 def load(config: Path | None, overrides: list[str] | None) -> Config:
     return load_config(config, overrides or [])
+
+
+def storage_root(storage: Path | None, config: Path | None) -> Path:
+    """The sweep-state folder: `--storage`, else `sweep.storage` of the config."""
+    return (storage or Path(load(config, []).sweep.storage)).resolve()
 
 
 def print_json(payload: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sweeps.cli.common import ConfigOption, JsonOption, app, console, guard, load, print_json
+from sweeps.cli.common import ConfigOption, JsonOption, app, console, guard, print_json, storage_root
 
 
 @app.command()
@@ -32,7 +32,7 @@ def report(
     from sweeps.state import SweepState
 
     def body() -> None:
-        root = (storage or Path(load(config, []).sweep.storage)).resolve()
+        root = storage_root(storage, config)
         state = SweepState(root, name)
         state.read_meta()  # a clear error when there is no such sweep
         if not state.journal.is_file():

@@ -20,6 +20,7 @@ from sweeps.cli.common import (
     guard,
     load,
     print_json,
+    storage_root,
 )
 from sweeps.config import Config
 
@@ -167,9 +168,11 @@ def resume(
     from sweeps.state import SweepState
 
     def body() -> None:
-        root = storage or Path(load(config, []).sweep.storage)
-        stored = SweepState(root.resolve(), name).config()
+        root = storage_root(storage, config)
+        stored = SweepState(root, name).config()
         finish(execute_sweep(stored, address, quiet, as_json), as_json)
+        if not as_json:
+            console.print(f"select and register its winner with `sweeps select {name}`")
 
     guard(body)
 
@@ -184,9 +187,9 @@ def list_(
     from sweeps.state import list_sweeps
 
     def body() -> None:
-        root = storage or Path(load(config, []).sweep.storage)
+        root = storage_root(storage, config)
         rows = []
-        for state in list_sweeps(root.resolve()):
+        for state in list_sweeps(root):
             meta = state.read_meta()
             rows.append({"name": state.name, "status": meta.get("status"), "requested": meta.get("requested"),
                          **state.counts(), "started": meta.get("started")})
@@ -218,8 +221,8 @@ def show(
     from sweeps.engine import load_outcome
 
     def body() -> None:
-        root = storage or Path(load(config, []).sweep.storage)
-        outcome = load_outcome(root.resolve(), name)
+        root = storage_root(storage, config)
+        outcome = load_outcome(root, name)
         if as_json:
             print_json(outcome.summary())
         else:
