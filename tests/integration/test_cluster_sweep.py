@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def _sweep_args(data_dir: Path, storage: Path, name: str) -> list[str]:
     ]
 
 
-def _summary(stdout: str) -> dict[str, object]:
+def _summary(stdout: str) -> dict[str, Any]:
     start = stdout.index("{\n")  # `ray job submit` prints its own lines around the job's output
     decoded, _ = json.JSONDecoder().raw_decode(stdout[start:])
     assert isinstance(decoded, dict)
@@ -44,7 +45,7 @@ def test_sweep_runs_trials_on_both_nodes(two_node_cluster: LocalCluster, data_di
     summary = _summary(result.stdout)
     assert summary["status"] == "completed"
     assert summary["trials"] == TRIALS
-    assert set(summary["nodes"]) == set(two_node_cluster.node_ids)  # type: ignore[arg-type]
+    assert set(summary["nodes"]) == set(two_node_cluster.node_ids)
 
 
 def test_sweep_through_ray_job_submit(two_node_cluster: LocalCluster, data_dir: Path, tmp_path: Path) -> None:
@@ -57,4 +58,4 @@ def test_sweep_through_ray_job_submit(two_node_cluster: LocalCluster, data_dir: 
     assert result.returncode == 0, result.stdout + result.stderr
     summary = _summary(result.stdout)
     assert summary["trials"] == TRIALS
-    assert len(summary["nodes"]) == 2  # type: ignore[arg-type]
+    assert len(summary["nodes"]) == 2

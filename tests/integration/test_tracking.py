@@ -97,7 +97,9 @@ def test_parent_run_holds_config_card_and_report(data_dir: Path, tmp_path: Path,
     outcome = _tracked_sweep(config)
     client = MlflowClient(tracking_uri)
     children = _check_logged(client, config, outcome)
-    parent = find_sweep_run(client, client.get_experiment_by_name(config.tracking.experiment).experiment_id, "parent")
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    assert experiment is not None
+    parent = find_sweep_run(client, experiment.experiment_id, "parent")
     assert parent is not None
     run_id = parent.info.run_id
     assert parent.data.params["sweep.num_trials"] == "30"
