@@ -80,21 +80,23 @@ def serve(
         if address is None and not os.environ.get("RAY_ADDRESS"):
             _check_port_free(settings.host, settings.port)
         console.print(f"serving {uri} (now version {version.version}) from {tracking_uri}")
-        # Ctrl+C and SIGTERM both stop cleanly (a shell starts background jobs with SIGINT ignored).
-        signal.signal(signal.SIGTERM, _interrupt)
-        signal.signal(signal.SIGINT, _interrupt)
-        with Endpoint(settings, address=address) as endpoint:
-            info = endpoint.wait_ready()
-            console.print(
-                f"[green]ready[/green] at {endpoint.url}/invocations: {info['name']} version {info['version']} "
-                f"(run {info['run_id']}); alias re-read every {settings.alias_poll_s:g}s. Ctrl+C to stop."
-            )
-            try:
+        try:
+            with Endpoint(settings, address=address) as endpoint:
+                # Ctrl+C and SIGTERM both stop cleanly. Installed after Ray starts, whose fatal-signal
+                # handler would otherwise abort the process; SIGINT too, because a shell starts
+                # background jobs with it ignored.
+                signal.signal(signal.SIGTERM, _interrupt)
+                signal.signal(signal.SIGINT, _interrupt)
+                info = endpoint.wait_ready()
+                console.print(
+                    f"[green]ready[/green] at {endpoint.url}/invocations: {info['name']} version "
+                    f"{info['version']} (run {info['run_id']}); alias re-read every "
+                    f"{settings.alias_poll_s:g}s. Ctrl+C to stop."
+                )
                 while True:
                     time.sleep(1.0)
-            except KeyboardInterrupt:
-                console.print("stopping...")
-        console.print("stopped")
+        except KeyboardInterrupt:
+            console.print("stopped")
 
     guard(body)
 

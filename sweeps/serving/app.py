@@ -43,7 +43,7 @@ from sweeps.serving.model import (
 )
 from sweeps.serving.prometheus import render_prometheus
 from sweeps.serving.protocol import (
-    BadRequest,
+    InvalidInput,
     Limits,
     NotFound,
     PayloadTooLarge,
@@ -284,12 +284,12 @@ class ModelServer:
                 parsed = parse_request(body, content_type, model.columns, self._limits)
             if parsed.rows <= self._settings.max_batch_size:
                 predictions = await self._predict_small((model, parsed.features))
-            else:
-                predictions = await asyncio.to_thread(self._predict, model, parsed.features)
+            else:  # scored in a worker thread, recorded here: figures change on the event loop only
+                raw = await asyncio.to_thread(model.predict, parsed.features)
+                predictions = self._recorded(model, parsed.features, raw)
             if predictions is None:
-                raise BadRequest(
-                    "The model produced a non-finite prediction: some input is far outside the training range.",
-                    error_code="INVALID_PARAMETER_VALUE",
+                raise InvalidInput(
+                    "The model produced a non-finite prediction: some input is far outside the training range."
                 )
             content = encode_predictions(predictions, parsed.legacy)
         except ProtocolError as err:
@@ -318,8 +318,8 @@ class ModelServer:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _predict(self, model: ServedModel, features: np.ndarray) -> np.ndarray | None:
-        predictions = model.predict(features)
+    def _recorded(self, model: ServedModel, features: np.ndarray, predictions: np.ndarray) -> np.ndarray | None:
+        """`predictions`, counted in the version's figures; None if any is not finite."""
         if not np.isfinite(predictions).all():
             return None
         self._stats_for(model).observe_rows(features, predictions)
@@ -337,19 +337,14 @@ class ModelServer:
             parts = [items[i][1] for i in indices]
             features = parts[0] if len(parts) == 1 else np.vstack(parts)
             predictions = model.predict(features)
+            chunks = np.split(predictions, np.cumsum([part.shape[0] for part in parts])[:-1])
             if np.isfinite(predictions).all():
-                self._stats_for(model).observe_rows(features, predictions)
-                ends = np.cumsum([p.shape[0] for p in parts])
-                for i, chunk in zip(indices, np.split(predictions, ends[:-1]), strict=True):
+                self._stats_for(model).observe_rows(features, predictions)  # one update per group
+                for i, chunk in zip(indices, chunks, strict=True):
                     results[i] = chunk
-                continue
-            offset = 0
-            for i, part in zip(indices, parts, strict=True):
-                chunk = predictions[offset : offset + part.shape[0]]
-                offset += part.shape[0]
-                if np.isfinite(chunk).all():
-                    self._stats_for(model).observe_rows(part, chunk)
-                    results[i] = chunk
+            else:
+                for i, part, chunk in zip(indices, parts, chunks, strict=True):
+                    results[i] = self._recorded(model, part, chunk)
         return results
 
     async def _health(self, request: Request) -> Response:

@@ -110,7 +110,7 @@ def monitoring_metrics(figures: dict[str, Any]) -> dict[str, float]:
 def record_monitoring(client: MlflowClient, snapshot: dict[str, Any], endpoint: str) -> list[MonitorRecord]:
     """Write one monitoring run per model version in `snapshot` that saw requests (or is served now)."""
     current = snapshot.get("current") or {}
-    records = []
+    chosen = []
     for figures in snapshot["versions"]:
         model = figures["model"]
         name, version = model["name"], model["version"]
@@ -118,8 +118,9 @@ def record_monitoring(client: MlflowClient, snapshot: dict[str, Any], endpoint: 
             continue
         if figures["requests"] == 0 and (current.get("name"), current.get("version")) != (name, version):
             continue
-        records.append(_write_run(client, snapshot, figures, endpoint))
-    return records
+        # Every link is checked before anything is written: no half-recorded snapshot.
+        chosen.append((figures, _training_run(client, name, version, model["run_id"])))
+    return [_write_run(client, snapshot, figures, training, endpoint) for figures, training in chosen]
 
 
 def _training_run(client: MlflowClient, name: str, version: str, served_run_id: str) -> Run:
@@ -140,10 +141,11 @@ def _training_run(client: MlflowClient, name: str, version: str, served_run_id: 
     return client.get_run(registered.run_id)
 
 
-def _write_run(client: MlflowClient, snapshot: dict[str, Any], figures: dict[str, Any], endpoint: str) -> MonitorRecord:
+def _write_run(
+    client: MlflowClient, snapshot: dict[str, Any], figures: dict[str, Any], training: Run, endpoint: str
+) -> MonitorRecord:
     model = figures["model"]
     name, version = model["name"], model["version"]
-    training = _training_run(client, name, version, model["run_id"])
     experiment_id = training.info.experiment_id
     tags = {
         TAG_KIND: KIND,

@@ -17,6 +17,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+import ray
+from ray import serve
 
 from sweeps.errors import RunFailed
 from sweeps.serving.app import SERVE_ENV, AppArgs, build_application
@@ -51,9 +53,6 @@ class Endpoint:
         return f"http://{self.settings.host}:{self.settings.port}"
 
     def __enter__(self) -> Endpoint:
-        import ray
-        from ray import serve
-
         if not ray.is_initialized():
             if self.address is None:
                 # A local Ray we start ourselves: its workers inherit these settings.
@@ -95,9 +94,6 @@ class Endpoint:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        import ray
-        from ray import serve
-
         children = _descendants(os.getpid()) if self._started_ray else []
         try:
             if ray.is_initialized():

@@ -348,6 +348,13 @@ def test_monitor_once_writes_a_run_linked_to_each_served_version(served: Served)
     assert errors == len(BAD) + len(HTTP_ONLY) + 1  # + the streamed body over the limit
 
 
+def test_sweeps_serve_refuses_a_model_the_registry_lacks_before_starting_ray(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(cli, ["serve", "--model", "models:/absent@champion", f"tracking.uri={uri}"])
+    assert result.exit_code == 2, result.output
+    assert "The registry has no alias 'champion' of model 'absent'" in result.output
+
+
 def test_serve_yaml_is_a_valid_serve_config_for_the_app_builder() -> None:
     from ray.serve.schema import ServeDeploySchema
 
