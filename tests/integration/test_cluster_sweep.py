@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent
 
 
 # Enough trials that the sweep outlasts the start of a second trial actor on the other node.
-TRIALS = 1500
+TRIALS = 3000
 
 
 def _sweep_args(data_dir: Path, storage: Path, name: str) -> list[str]:

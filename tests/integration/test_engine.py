@@ -167,7 +167,7 @@ def _finished(state: SweepState) -> int:
 
 
 def test_interrupted_sweep_resumes_without_loss_or_rerun(data_dir: Path, tmp_path: Path, tracking_uri: str) -> None:
-    total = 600
+    total = 1200
     storage = tmp_path / "state"
     command = [
         str(Path(sys.executable).parent / "sweeps"), "run", "--quiet", "--sweep-only", "-c",
