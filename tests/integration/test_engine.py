@@ -216,3 +216,19 @@ def test_interrupted_sweep_resumes_without_loss_or_rerun(data_dir: Path, tmp_pat
     keys = [r.data.tags["sweeps.trial_key"] for r in children]
     assert len(keys) == len(set(keys)) == total, "MLflow holds each trial once, across the interruption"
     assert not [r for r in runs if r.info.status == "RUNNING"], "no run is left RUNNING"
+
+
+def test_time_budget_stops_leasing_and_leaves_no_trial_running(data_dir: Path, tmp_path: Path) -> None:
+    def slow(params: Any, data: PreparedSplit, seed: int) -> Metrics:
+        time.sleep(0.05)
+        return evaluate(params, data, seed)
+
+    outcome = run_sweep(
+        _config(data_dir, tmp_path, "sweep.num_trials=2000", "sweep.batch_size=4", "sweep.time_budget_s=12",
+                "sweep.name=budget"),
+        objective=slow,
+    )
+    assert outcome.status == "budget_exhausted"
+    assert 0 < len(outcome.records) < 2000
+    states = {t.state for t in _study(outcome).trials}
+    assert optuna.trial.TrialState.RUNNING not in states, "leased trials are finished, not abandoned"
