@@ -35,43 +35,21 @@ from sweeps.config import Config
 from sweeps.data import DataBundle
 from sweeps.engine import SweepOutcome, pareto_numbers
 from sweeps.errors import RunFailed
+from sweeps.lineage import TAG_DIGEST, TAG_KIND, TAG_TRIAL_KEY, find_sweep_run
 from sweeps.mlflow_store import ensure_experiment, mlflow_dataset, sqlite_path, use_tracking
 from sweeps.records import TrialRecord
+from sweeps.registry import TAG_SWEEP, TAG_TRIAL
 from sweeps.sampler import sampler_label
 from sweeps.tune_adapters import TrialRecordCallback
 from training.card import write_card
 
-__all__ = [
-    "TAG_DIGEST",
-    "TAG_KIND",
-    "TAG_SWEEP",
-    "TAG_TRIAL",
-    "TAG_TRIAL_KEY",
-    "SweepTracker",
-    "find_sweep_run",
-    "trial_runs",
-]
+__all__ = ["SweepTracker", "trial_runs"]
 
 log = logging.getLogger(__name__)
 
-TAG_KIND = "sweeps.kind"
-TAG_SWEEP = "sweeps.sweep"
-TAG_TRIAL = "sweeps.trial"
-TAG_TRIAL_KEY = "sweeps.trial_key"
-TAG_DIGEST = "sweeps.dataset_digest"
 _BATCH = 500
 _ERROR_CHARS = 4000
 _PACKAGES = ("ray", "optuna", "mlflow", "scikit-learn", "pandas", "numpy", "pydantic")
-
-
-def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str) -> Any | None:
-    """The parent run of `sweep` in the experiment, if it was logged."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_KIND}` = 'sweep' and tags.`{TAG_SWEEP}` = '{sweep}'",
-        max_results=1,
-    )
-    return runs[0] if runs else None
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, sweep: str) -> list[Any]:
@@ -266,7 +244,7 @@ class SweepTracker(TrialRecordCallback):
         """Create (or, on resume, reopen) the parent run; returns the child-run writer."""
         with use_tracking(self.uri) as client:
             self.experiment_id = ensure_experiment(client, self.config.tracking.experiment)
-            existing = find_sweep_run(client, self.experiment_id, self.sweep_name)
+            existing = find_sweep_run(client, self.experiment_id, self.sweep_name, self.bundle.digest)
             if existing is None:
                 self.parent_run_id = self._create_parent(client)
             else:

@@ -19,8 +19,9 @@ from mlflow import MlflowClient
 from sweeps.config import CONFIG_DIR, Config, load_config
 from sweeps.data import load_data
 from sweeps.engine import SweepOutcome, resolve_sweep_name, run_sweep
+from sweeps.lineage import TAG_DIGEST, TAG_TRIAL_KEY, find_sweep_run
 from sweeps.state import SweepState
-from sweeps.tracking import TAG_DIGEST, TAG_TRIAL_KEY, SweepTracker, find_sweep_run, trial_runs
+from sweeps.tracking import SweepTracker, trial_runs
 from training.objective import Metrics, PreparedSplit, evaluate
 
 pytestmark = pytest.mark.integration
@@ -68,6 +69,7 @@ def _check_logged(client: MlflowClient, config: Config, outcome: SweepOutcome) -
     assert not [r for r in children if r.info.status == "RUNNING"]
     digest = outcome.extra["dataset_digest"]
     assert parent.data.tags[TAG_DIGEST] == digest
+    assert parent.inputs is not None
     assert parent.inputs.dataset_inputs[0].dataset.digest == digest
     assert {r.data.tags[TAG_DIGEST] for r in children} == {digest}
     return children
