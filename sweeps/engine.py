@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.config import Config
+from sweeps.coordinator import RESULT_ATTR
 from sweeps.data import DataBundle, load_data
 from sweeps.errors import UsageError
 from sweeps.records import TrialRecord
@@ -43,7 +44,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Objective = Callable[[Any, PreparedSplit, int], Metrics]
-_ATTR = "sweeps"  # the Optuna user attribute holding a trial's result (see coordinator.RESULT_ATTR)
 # Set before Ray Tune is imported: per-trial JSON/CSV/TensorBoard loggers cost more than a fit.
 _TUNE_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
@@ -124,7 +124,7 @@ def resolve_sweep_name(config: Config) -> str:
 
 def record_from_trial(sweep: str, trial: FrozenTrial) -> TrialRecord:
     """The plain record of a finished Optuna trial."""
-    attrs: dict[str, Any] = trial.user_attrs.get(_ATTR, {})
+    attrs: dict[str, Any] = trial.user_attrs.get(RESULT_ATTR, {})
     state: TrialState_ = "COMPLETE" if trial.state == TrialState.COMPLETE else "FAIL"
     return TrialRecord(
         sweep=sweep,

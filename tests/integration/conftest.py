@@ -5,8 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import ray
 
 from tests.integration.cluster import LocalCluster, local_ray_cluster
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A private local Ray (2 CPUs) for one test module; `run_sweep` then uses it as it is."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

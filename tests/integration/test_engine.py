@@ -10,13 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-import ray
 from mlflow import MlflowClient
 
 from sweeps.config import CONFIG_DIR, Config, load_config
@@ -26,14 +24,7 @@ from sweeps.state import SweepState
 from sweeps.tracking import SweepTracker
 from training.objective import Metrics, PreparedSplit, evaluate
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 
 
 def _config(data_dir: Path, tmp_path: Path, *overrides: str) -> Config:

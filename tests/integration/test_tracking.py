@@ -13,7 +13,6 @@ from typing import Any
 
 import optuna
 import pytest
-import ray
 from mlflow import MlflowClient
 
 from sweeps.config import CONFIG_DIR, Config, load_config
@@ -24,14 +23,7 @@ from sweeps.state import SweepState
 from sweeps.tracking import SweepTracker, trial_runs
 from training.objective import Metrics, PreparedSplit, evaluate
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 
 
 def _config(data_dir: Path, tmp_path: Path, uri: str, *overrides: str) -> Config:
