@@ -70,8 +70,8 @@ def register_model(workdir: Path) -> tuple[str, str]:
     from mlflow import MlflowClient
 
     from sweeps.config import load_config
-    from sweeps.mlflow_store import use_tracking
-    from sweeps.train import train_once
+    from sweeps.tracking.client import use_tracking
+    from sweeps.tracking.single_run import train_once
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)

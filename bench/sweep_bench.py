@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import optuna
 
+from sweeps import pipeline
 from sweeps.config import CONFIG_DIR, Config, load_config
-from sweeps.data import load_data
-from sweeps.engine import resolve_sweep_name, run_sweep
-from sweeps.space import params_for
+from sweeps.dataset import load_data
+from sweeps.sweep.space import params_for
 from training.objective import ElasticNetParams, PreparedSplit, evaluate, prepare
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -60,17 +60,10 @@ def _config(data: str, storage: Path, uri: str, trials: int, objectives: str, tr
 def bench_engine(config: Config) -> dict[str, float]:
     """This engine: wall time from the call (Ray start-up, data, tracking flush included), and the
     steady rate between the first and the last result (what the workers sustain once started)."""
-    callbacks: list[Any] = []
     bundle = load_data(config.data, config.split)
     seen: list[tuple[float, int]] = []
     start = time.perf_counter()
-    if config.tracking.enabled:
-        from sweeps.tracking import SweepTracker
-
-        callbacks.append(SweepTracker(config, bundle, resolve_sweep_name(config)))
-    outcome = run_sweep(
-        config, callbacks=callbacks, bundle=bundle, on_progress=lambda p: seen.append((time.perf_counter(), p.done))
-    )
+    outcome = pipeline.sweep(config, bundle=bundle, on_progress=lambda p: seen.append((time.perf_counter(), p.done)))
     wall = time.perf_counter() - start
     assert len(outcome.records) == config.sweep.num_trials, outcome.status
     (t0, d0), (t1, d1) = seen[0], seen[-1]

@@ -34,6 +34,7 @@ __all__ = [
     "WeightedPolicy",
     "apply_overrides",
     "load_config",
+    "validate_tree",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -377,6 +378,11 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     if overrides:
         apply_overrides(tree, list(overrides))
         where = f"{source} with overrides {list(overrides)}"
+    return validate_tree(tree, where)
+
+
+def validate_tree(tree: dict[str, Any], where: str) -> Config:
+    """Validate a raw config tree; every error names `where` (the file, or what the tree came from) and the field."""
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:

@@ -19,6 +19,7 @@ __all__ = [
     "ObjectiveError",
     "ParamError",
     "RunFailed",
+    "SelectionError",
     "SweepsError",
     "UsageError",
 ]
@@ -34,3 +35,7 @@ class UsageError(SweepsError):
 
 class RunFailed(SweepsError):
     """A run started but could not finish (exit code 1)."""
+
+
+class SelectionError(UsageError):
+    """No trial can be selected: none usable, none satisfying the constraints, or a bad policy."""

@@ -7,7 +7,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,7 @@ from training.errors import ConvergenceFailure, NonFiniteMetric, ParamError
 
 __all__ = [
     "METRICS",
+    "METRIC_DIRECTIONS",
     "ElasticNetParams",
     "Metrics",
     "PreparedSplit",
@@ -32,7 +33,15 @@ __all__ = [
     "score",
 ]
 
-METRICS: tuple[str, ...] = ("rmse", "mae", "r2", "nonzero_coefs", "fit_seconds")
+# Every metric an evaluation reports, and which way is better: one fact for config, selection and registry.
+METRIC_DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
+    "rmse": "minimize",
+    "mae": "minimize",
+    "r2": "maximize",
+    "nonzero_coefs": "minimize",
+    "fit_seconds": "minimize",
+}
+METRICS: tuple[str, ...] = tuple(METRIC_DIRECTIONS)
 
 
 @dataclass(frozen=True)

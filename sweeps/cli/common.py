@@ -20,6 +20,7 @@ __all__ = [
     "ConfigOption",
     "JsonOption",
     "OverridesArg",
+    "StorageOption",
     "app",
     "console",
     "err_console",
@@ -55,6 +56,10 @@ OverridesArg = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")]
+StorageOption = Annotated[
+    Path | None,
+    typer.Option("--storage", help="Sweep-state folder (default: sweep.storage of the config)."),
+]
 
 
 @app.callback()

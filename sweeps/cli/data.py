@@ -21,7 +21,7 @@ def data(
     as_json: JsonOption = False,
 ) -> None:
     """Load and check the wine data; print its dataset card and write it as JSON."""
-    from sweeps.data import load_data
+    from sweeps.dataset import load_data
     from training.card import write_card
 
     def body() -> None:

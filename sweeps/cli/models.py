@@ -31,7 +31,7 @@ def _with_client(
     from mlflow.exceptions import MlflowException
 
     from sweeps.errors import RunFailed
-    from sweeps.mlflow_store import use_tracking
+    from sweeps.tracking.client import use_tracking
 
     uri = tracking_uri or load(config, overrides).tracking.resolved_uri
     with use_tracking(uri) as client:
@@ -52,7 +52,7 @@ def models(
     as_json: JsonOption = False,
 ) -> None:
     """List a registered model's versions with aliases, test metrics and source sweep."""
-    from sweeps.registry import list_versions
+    from sweeps.registry.versions import list_versions
 
     def body() -> None:
         model = name or load(config, overrides).registry.model_name
@@ -90,7 +90,7 @@ def promote(
     as_json: JsonOption = False,
 ) -> None:
     """Make a version `champion` by hand; the former champion becomes `previous`."""
-    from sweeps.registry import promote as promote_version
+    from sweeps.registry.versions import promote as promote_version
 
     def body() -> None:
         result = _with_client(tracking_uri, config, overrides, lambda client: promote_version(client, name, version))
@@ -111,7 +111,7 @@ def rollback(
     as_json: JsonOption = False,
 ) -> None:
     """Make the `previous` version champion again."""
-    from sweeps.registry import rollback as rollback_model
+    from sweeps.registry.versions import rollback as rollback_model
 
     def body() -> None:
         result = _with_client(tracking_uri, config, overrides, lambda client: rollback_model(client, name))

@@ -8,15 +8,13 @@ from typing import Annotated
 
 import typer
 
-from sweeps.cli.common import ConfigOption, JsonOption, app, console, guard, print_json, storage_root
+from sweeps.cli.common import ConfigOption, JsonOption, StorageOption, app, console, guard, print_json, storage_root
 
 
 @app.command()
 def report(
     name: Annotated[str, typer.Argument(help="Sweep name, as listed by `sweeps ls`.")],
-    storage: Annotated[
-        Path | None, typer.Option("--storage", help="Sweep-state folder (default: sweep.storage of the config).")
-    ] = None,
+    storage: StorageOption = None,
     config: ConfigOption = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Folder for the report (default: reports/<NAME>/).")
@@ -26,10 +24,10 @@ def report(
     """Write trials.csv, plots and a self-contained report.html for a sweep, and print the HTML's path."""
     import optuna
 
-    from sweeps.engine import load_outcome
     from sweeps.errors import UsageError
-    from sweeps.report import write_report
-    from sweeps.state import SweepState
+    from sweeps.report.document import write_report
+    from sweeps.sweep.engine import load_outcome
+    from sweeps.sweep.state import SweepState
 
     def body() -> None:
         root = storage_root(storage, config)

@@ -60,8 +60,8 @@ def serve(
     """
     from mlflow import MlflowClient
 
+    from sweeps.registry.versions import parse_model_uri, resolve_version
     from sweeps.serving.app import AppArgs, absolute_tracking_uri
-    from sweeps.serving.model import parse_model_uri, resolve_version
     from sweeps.serving.service import Endpoint
 
     def body() -> None:
@@ -117,7 +117,7 @@ def monitor(
     """Write the endpoint's figures to MLflow as monitoring runs linked to the served model version."""
     from mlflow import MlflowClient
 
-    from sweeps.serving.monitor import MonitorRecord, watch
+    from sweeps.monitoring.runs import MonitorRecord, watch
 
     def render(records: list[MonitorRecord]) -> None:
         if as_json:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -14,6 +14,7 @@ from sweeps.cli.common import (
     ConfigOption,
     JsonOption,
     OverridesArg,
+    StorageOption,
     app,
     console,
     err_console,
@@ -22,20 +23,19 @@ from sweeps.cli.common import (
     print_json,
     storage_root,
 )
-from sweeps.config import Config
+from sweeps.cli.render import render_champion, render_selection
 
 if TYPE_CHECKING:
-    from sweeps.engine import SweepOutcome
+    from sweeps.sweep.engine import Progress as Snapshot
+    from sweeps.sweep.engine import SweepOutcome
+
+T = TypeVar("T")
 
 AddressOption = Annotated[
     str | None,
     typer.Option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).", show_default=False),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-StorageOption = Annotated[
-    Path | None,
-    typer.Option("--storage", help="Sweep-state folder (default: sweep.storage of the config)."),
-]
 INTERRUPTED_EXIT = 130
 
 
@@ -55,32 +55,24 @@ def _progress_bar(quiet: bool, to_stderr: bool) -> Progress | None:
     )
 
 
-def execute_sweep(config: Config, address: str | None, quiet: bool, as_json: bool = False) -> SweepOutcome:
-    """Run a sweep with the progress bar and, unless tracking is off, MLflow tracking of every trial."""
-    from sweeps.data import load_data
-    from sweeps.engine import Progress as Snapshot
-    from sweeps.engine import resolve_sweep_name, run_sweep
-
-    bundle = load_data(config.data, config.split)
-    callbacks = []
-    if config.tracking.enabled:
-        from sweeps.tracking import SweepTracker
-
-        callbacks.append(SweepTracker(config, bundle, resolve_sweep_name(config)))
-    bar = _progress_bar(quiet, to_stderr=as_json)
+def _on_progress(bar: Progress) -> Callable[[Snapshot], None]:
     task: list[Any] = []
 
-    def on_progress(snap: Snapshot) -> None:
-        if bar is None:
-            return
+    def update(snap: Snapshot) -> None:
         if not task:
             task.append(bar.add_task("sweep", total=snap.total, failed=0, best="-", rate=0.0))
         bar.update(task[0], completed=snap.done, failed=snap.failed, best=snap.best, rate=snap.rate)
 
+    return update
+
+
+def with_progress(quiet: bool, as_json: bool, job: Callable[[Callable[[Snapshot], None] | None], T]) -> T:
+    """Run `job(on_progress)` under a live progress bar (on stderr with --json), or bare with --quiet."""
+    bar = _progress_bar(quiet, to_stderr=as_json)
     if bar is None:
-        return run_sweep(config, address=address, callbacks=callbacks, bundle=bundle)
+        return job(None)
     with bar:
-        return run_sweep(config, address=address, callbacks=callbacks, on_progress=on_progress, bundle=bundle)
+        return job(_on_progress(bar))
 
 
 def render_outcome(outcome: SweepOutcome) -> None:
@@ -133,24 +125,24 @@ def run(
 
     Ray Tune executes configs asked from Optuna; an interrupted sweep stops before selection.
     """
-    from sweeps.cli.select import champion_payload, champion_summary, render_champion, render_selection
-    from sweeps.promotion import select_and_register
+    from sweeps import pipeline
 
     def body() -> None:
         cfg = load(config, overrides)
-        outcome = execute_sweep(cfg, address, quiet, as_json)
-        if sweep_only or outcome.status == "interrupted":
-            finish(outcome, as_json)
+        result = with_progress(
+            quiet, as_json, lambda on_progress: pipeline.run(cfg, address=address, on_progress=on_progress,
+                                                             sweep_only=sweep_only)
+        )
+        if result.selection is None:
+            finish(result.outcome, as_json)
             return
-        if not as_json:
-            render_outcome(outcome)
-        report = select_and_register(cfg, outcome)
-        champion = champion_summary(report.tracking_uri, report.model_name)
         if as_json:
-            print_json(outcome.summary() | {"selection": report.summary(), "champion": champion_payload(champion)})
+            print_json(result.summary())
             return
-        render_selection(report, [m for m, _ in outcome.objectives], show_front=False)
-        render_champion(champion, report.model_name, report.tracking_uri, cfg.tracking.uri is not None)
+        render_outcome(result.outcome)
+        render_selection(result.selection, [m for m, _ in result.outcome.objectives], show_front=False)
+        render_champion(result.champion, result.selection.model_name, result.selection.tracking_uri,
+                        cfg.tracking.uri is not None)
 
     guard(body)
 
@@ -165,12 +157,16 @@ def resume(
     as_json: JsonOption = False,
 ) -> None:
     """Continue an interrupted sweep from where it stopped, with the config it started with."""
-    from sweeps.state import SweepState
+    from sweeps import pipeline
+    from sweeps.sweep.state import SweepState
 
     def body() -> None:
         root = storage_root(storage, config)
         stored = SweepState(root, name).config()
-        finish(execute_sweep(stored, address, quiet, as_json), as_json)
+        outcome = with_progress(
+            quiet, as_json, lambda on_progress: pipeline.sweep(stored, address=address, on_progress=on_progress)
+        )
+        finish(outcome, as_json)
         if not as_json:
             console.print(f"select and register its winner with `sweeps select {name}`")
 
@@ -184,7 +180,7 @@ def list_(
     as_json: JsonOption = False,
 ) -> None:
     """List sweeps with their status and trial counts."""
-    from sweeps.state import list_sweeps
+    from sweeps.sweep.state import list_sweeps
 
     def body() -> None:
         root = storage_root(storage, config)
@@ -218,7 +214,7 @@ def show(
     as_json: JsonOption = False,
 ) -> None:
     """Summarise one sweep: status, counts, objectives and its best trials."""
-    from sweeps.engine import load_outcome
+    from sweeps.sweep.engine import load_outcome
 
     def body() -> None:
         root = storage_root(storage, config)

@@ -14,7 +14,7 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Train one ElasticNet with chosen params (e.g. `alpha=0.5 l1_ratio=0.1`) and log it to MLflow."""
-    from sweeps.train import train_once
+    from sweeps.tracking.single_run import train_once
 
     def body() -> None:
         cfg = load(config, overrides)

@@ -33,14 +33,9 @@ from starlette.responses import Response
 
 from sweeps.config import RegistryConfig, ServeConfig, TrackingConfig
 from sweeps.errors import ConfigError
-from sweeps.serving.metrics import ModelIdentity, VersionStats, merge_snapshots, summarize
-from sweeps.serving.model import (
-    ModelNotFound,
-    ServedModel,
-    load_served_model,
-    parse_model_uri,
-    resolve_version,
-)
+from sweeps.registry.versions import ModelNotFound, parse_model_uri, resolve_version
+from sweeps.serving.figures import ModelIdentity, VersionStats, merge_snapshots, summarize
+from sweeps.serving.model import ServedModel, load_served_model
 from sweeps.serving.prometheus import render_prometheus
 from sweeps.serving.protocol import (
     InvalidInput,

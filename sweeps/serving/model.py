@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -28,76 +27,25 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from sweeps.errors import ConfigError, SweepsError, UsageError
-from sweeps.serving.metrics import FeatureStats, ModelIdentity
+from sweeps.errors import SweepsError
+from sweeps.serving.figures import FeatureStats, ModelIdentity
+from sweeps.tracking.names import CARD_ARTIFACT, TAG_DIGEST
 
 __all__ = [
-    "CARD_ARTIFACT",
-    "DIGEST_TAG",
-    "ModelNotFound",
-    "ModelRef",
     "ServedModel",
     "UnsupportedModel",
     "load_served_model",
-    "parse_model_uri",
-    "resolve_version",
 ]
 
 log = logging.getLogger(__name__)
 
-CARD_ARTIFACT = "dataset_card.json"
-DIGEST_TAG = "sweeps.dataset_digest"
 TOLERANCE = 1e-9
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 _NUMERIC_TYPES = {"double", "float", "long", "integer"}
 _LINEAR_MODELS = {"ElasticNet", "ElasticNetCV", "Lasso", "LassoCV", "LinearRegression", "Ridge", "RidgeCV"}
 
 
-class ModelNotFound(UsageError):
-    """The registry has no such model, alias or version (yet)."""
-
-
 class UnsupportedModel(SweepsError):
     """The model version cannot be served by this endpoint (signature or flavor)."""
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A registry model named by alias (followed on promotion) or by fixed version."""
-
-    name: str
-    alias: str | None = None
-    version: str | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
-
-
-def parse_model_uri(uri: str) -> ModelRef:
-    """`models:/NAME@ALIAS` or `models:/NAME/VERSION`; anything else is a config error."""
-    match = _URI.match(uri.strip())
-    if not match:
-        raise ConfigError(
-            f"The served model must be a registry URI 'models:/NAME@ALIAS' or 'models:/NAME/VERSION', got {uri!r}."
-        )
-    return ModelRef(match["name"], match["alias"], match["version"])
-
-
-def resolve_version(client: MlflowClient, ref: ModelRef) -> ModelVersion:
-    """The model version `ref` names now."""
-    try:
-        if ref.alias:
-            return client.get_model_version_by_alias(ref.name, ref.alias)
-        return client.get_model_version(ref.name, str(ref.version))
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            what = f"alias {ref.alias!r}" if ref.alias else f"version {ref.version}"
-            raise ModelNotFound(
-                f"The registry has no {what} of model {ref.name!r} ({ref.uri}); "
-                f"register and promote a model first (MLflow said: {exc.message.splitlines()[0]})."
-            ) from None
-        raise
 
 
 @dataclass(frozen=True)
@@ -130,7 +78,7 @@ def load_served_model(client: MlflowClient, tracking_uri: str, version: ModelVer
     statistics = card.get("statistics", {})
     feature_stats = FeatureStats.from_card(statistics, columns)
     predict, fast = _predictor(pipeline, columns, feature_stats)
-    digest = version.tags.get(DIGEST_TAG) or str(card.get("digest", ""))
+    digest = version.tags.get(TAG_DIGEST) or str(card.get("digest", ""))
     identity = ModelIdentity(name, number, version.run_id or "", digest)
     seconds = time.perf_counter() - start
     return ServedModel(identity, columns, feature_stats, predict, fast, seconds, time.time())

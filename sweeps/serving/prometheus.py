@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sweeps.serving.metrics import ModelIdentity, summarize
+from sweeps.serving.figures import ModelIdentity, summarize
 
 __all__ = ["render_prometheus"]
 

@@ -18,10 +18,11 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeps.config import CONFIG_DIR, Config, load_config
-from sweeps.data import load_data
-from sweeps.engine import SweepOutcome, pareto_numbers, resolve_sweep_name, run_sweep
-from sweeps.state import SweepState
-from sweeps.tracking import SweepTracker
+from sweeps.dataset import load_data
+from sweeps.pareto import pareto_numbers
+from sweeps.sweep.engine import SweepOutcome, resolve_sweep_name, run_sweep
+from sweeps.sweep.state import SweepState
+from sweeps.tracking.sweep_runs import SweepTracker
 from training.objective import Metrics, PreparedSplit, evaluate
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from sweeps.serving.metrics import FeatureStats, ModelIdentity, VersionStats, merge_snapshots, summarize
-from sweeps.serving.monitor import MonitorError, monitoring_metrics, monitoring_runs, record_monitoring
+from sweeps.monitoring.runs import MonitorError, monitoring_metrics, monitoring_runs, record_monitoring
+from sweeps.serving.figures import FeatureStats, ModelIdentity, VersionStats, merge_snapshots, summarize
 from training.data import FEATURES
 
 pytestmark = pytest.mark.integration

@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 
 from sweeps.cli import app
 from sweeps.config import Config, load_config
-from sweeps.data import load_data
-from sweeps.mlflow_store import use_tracking
-from sweeps.registry import (
+from sweeps.dataset import load_data
+from sweeps.registry.versions import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS,
@@ -32,7 +31,8 @@ from sweeps.registry import (
     register_version,
     rollback,
 )
-from sweeps.train import TrainResult, model_params, train_once
+from sweeps.tracking.client import use_tracking
+from sweeps.tracking.single_run import TrainResult, model_params, train_once
 from training.data import TARGET
 from training.objective import fit_pipeline
 

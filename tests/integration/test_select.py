@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from sweeps.cli import app
 from sweeps.config import CONFIG_DIR, Config, load_config
-from sweeps.data import load_data
-from sweeps.engine import SweepOutcome, load_outcome, run_sweep
-from sweeps.mlflow_store import use_tracking
-from sweeps.promotion import refit_and_score
-from sweeps.registry import CHALLENGER, CHAMPION, PREVIOUS, TAG_POLICY, TAG_SWEEP, TAG_TRIAL, list_versions
+from sweeps.dataset import load_data
+from sweeps.registry.promotion import refit_and_score
+from sweeps.registry.versions import CHALLENGER, CHAMPION, PREVIOUS, TAG_POLICY, TAG_SWEEP, TAG_TRIAL, list_versions
+from sweeps.sweep.engine import SweepOutcome, load_outcome, run_sweep
+from sweeps.tracking.client import use_tracking
 from training.objective import Metrics, PreparedSplit
 
 pytestmark = pytest.mark.integration

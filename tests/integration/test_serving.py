@@ -29,11 +29,11 @@ from typer.testing import CliRunner
 
 from sweeps.cli import app as cli
 from sweeps.config import CONFIG_DIR, load_config
-from sweeps.mlflow_store import use_tracking
+from sweeps.monitoring.runs import monitoring_runs
 from sweeps.serving.app import AppArgs
-from sweeps.serving.monitor import monitoring_runs
 from sweeps.serving.service import Endpoint
-from sweeps.train import train_once
+from sweeps.tracking.client import use_tracking
+from sweeps.tracking.single_run import train_once
 from tests.unit.test_protocol import BAD, LIMITS
 from training.data import FEATURES
 

@@ -12,10 +12,10 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeps.config import load_config
-from sweeps.mlflow_store import use_tracking
 from sweeps.serving.app import AppArgs
 from sweeps.serving.service import Endpoint
-from sweeps.train import train_once
+from sweeps.tracking.client import use_tracking
+from sweeps.tracking.single_run import train_once
 from tests.integration.test_serving import COLUMNS, free_port
 
 pytestmark = pytest.mark.integration

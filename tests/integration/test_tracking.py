@@ -16,11 +16,12 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeps.config import CONFIG_DIR, Config, load_config
-from sweeps.data import load_data
-from sweeps.engine import SweepOutcome, resolve_sweep_name, run_sweep
-from sweeps.lineage import TAG_DIGEST, TAG_TRIAL_KEY, find_sweep_run
-from sweeps.state import SweepState
-from sweeps.tracking import SweepTracker, trial_runs
+from sweeps.dataset import load_data
+from sweeps.sweep.engine import SweepOutcome, resolve_sweep_name, run_sweep
+from sweeps.sweep.state import SweepState
+from sweeps.tracking.lookup import find_sweep_run, trial_runs
+from sweeps.tracking.names import TAG_DIGEST, TAG_TRIAL_KEY
+from sweeps.tracking.sweep_runs import SweepTracker
 from training.objective import Metrics, PreparedSplit, evaluate
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]

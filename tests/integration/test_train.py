@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from sweeps.cli import app
 from sweeps.config import Config, load_config
-from sweeps.data import DataBundle, load_data
-from sweeps.mlflow_store import use_tracking
-from sweeps.train import model_params
+from sweeps.dataset import DataBundle, load_data
+from sweeps.tracking.client import use_tracking
+from sweeps.tracking.single_run import model_params
 from training.data import TARGET
 from training.objective import METRICS, fit_pipeline, score
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.cluster import (
+from sweeps.errors import UsageError
+from sweeps.sweep.cluster import (
     check_shared_storage,
     check_tracking_uri,
     cluster_nodes,
     filesystem_type,
     hosts,
 )
-from sweeps.errors import UsageError
 
 TWO_HOSTS = ["10.0.0.1", "10.0.0.2", "10.0.0.2"]
 ONE_HOST = ["127.0.0.1", "127.0.0.1"]

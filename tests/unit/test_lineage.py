@@ -13,19 +13,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeps.config import load_config
 from sweeps.errors import ConfigError
-from sweeps.lineage import (
-    TAG_DIGEST,
-    TAG_KIND,
-    TAG_SWEEP_RUN,
-    TAG_TRIAL_KEY,
-    LineageError,
-    find_sweep_run,
-    find_trial_run,
-    parse_model_uri,
-    resolve_lineage,
-)
-from sweeps.registry import CHAMPION, TAG_POLICY, TAG_SWEEP, TAG_TRIAL
-from sweeps.state import SweepState
+from sweeps.registry.lineage import resolve_lineage
+from sweeps.registry.versions import CHAMPION, ModelNotFound, ModelRef, parse_model_uri
+from sweeps.sweep.state import SweepState
+from sweeps.tracking.lookup import find_sweep_run, find_trial_run
+from sweeps.tracking.names import TAG_DIGEST, TAG_KIND, TAG_POLICY, TAG_SWEEP, TAG_SWEEP_RUN, TAG_TRIAL, TAG_TRIAL_KEY
 
 DIGEST = "d1g3st00aa11bb22"
 CARD = {
@@ -88,8 +80,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
 
 
 def test_model_uris_by_alias_and_version_parse() -> None:
-    assert parse_model_uri("models:/wine@champion") == ("wine", "champion", None)
-    assert parse_model_uri("models:/wine/3") == ("wine", None, 3)
+    assert parse_model_uri("models:/wine@champion") == ModelRef("wine", "champion", None)
+    assert parse_model_uri("models:/wine/3") == ModelRef("wine", None, 3)
     with pytest.raises(ConfigError, match=r"must look like 'models:/NAME@ALIAS' or 'models:/NAME/VERSION', got 'wine'"):
         parse_model_uri("wine")
 
@@ -196,7 +188,7 @@ def test_a_digest_that_differs_anywhere_is_reported(chain: Chain) -> None:
 
 
 def test_unknown_alias_or_version_is_a_usage_error_naming_it(chain: Chain) -> None:
-    with pytest.raises(LineageError, match=r"has no alias 'nope' of model 'wine' \(models:/wine@nope\)"):
+    with pytest.raises(ModelNotFound, match=r"has no alias 'nope' of model 'wine' \(models:/wine@nope\)"):
         resolve_lineage(chain.client, "models:/wine@nope")
-    with pytest.raises(LineageError, match=r"has no version 9 of model 'wine'"):
+    with pytest.raises(ModelNotFound, match=r"has no version 9 of model 'wine'"):
         resolve_lineage(chain.client, "models:/wine/9")

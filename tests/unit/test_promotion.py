@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from sweeps.config import CONFIG_DIR, Config, KneePolicy, LexicographicPolicy, Metric, load_config
-from sweeps.data import load_data
+from sweeps.dataset import load_data
 from sweeps.errors import ConfigError
-from sweeps.promotion import DIRECTIONS, refit_and_score, selection_config
 from sweeps.records import TrialRecord
+from sweeps.selection.refit import refit_and_score, selection_config
 from training.data import TARGET
-from training.objective import ElasticNetParams, fit_pipeline
+from training.objective import METRIC_DIRECTIONS, ElasticNetParams, fit_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,9 @@ def config(data_dir: Path) -> Config:
 
 
 def test_every_metric_has_a_promotion_direction() -> None:
-    assert set(DIRECTIONS) == set(get_args(Metric))
-    assert DIRECTIONS["r2"] == "maximize"
-    assert {DIRECTIONS[m] for m in ("rmse", "mae", "nonzero_coefs", "fit_seconds")} == {"minimize"}
+    assert set(METRIC_DIRECTIONS) == set(get_args(Metric))
+    assert METRIC_DIRECTIONS["r2"] == "maximize"
+    assert {METRIC_DIRECTIONS[m] for m in ("rmse", "mae", "nonzero_coefs", "fit_seconds")} == {"minimize"}
 
 
 def test_selection_may_change_registry_and_tracking_only(config: Config) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sweeps.serving.metrics import (
+from sweeps.serving.figures import (
     FeatureStats,
     ModelIdentity,
     VersionStats,

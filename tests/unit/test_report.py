@@ -23,12 +23,13 @@ from typer.testing import CliRunner
 
 from sweeps.cli import app
 from sweeps.config import Config
-from sweeps.engine import SweepOutcome, pareto_numbers
 from sweeps.errors import UsageError
-from sweeps.plots import PlotUnavailable, param_importances, plot_history, plot_params, plot_pareto
+from sweeps.pareto import pareto_numbers
 from sweeps.records import TrialRecord
-from sweeps.report import ReportFiles, failure_reasons, write_report
-from sweeps.state import SweepState
+from sweeps.report.document import ReportFiles, failure_reasons, write_report
+from sweeps.report.plots import PlotUnavailable, param_importances, plot_history, plot_params, plot_pareto
+from sweeps.sweep.engine import SweepOutcome
+from sweeps.sweep.state import SweepState
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ONE = (("rmse", "minimize"),)

@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweeps.config import ConstraintPolicy, KneePolicy, LexicographicPolicy, Objective, WeightedPolicy
+from sweeps.errors import SelectionError
+from sweeps.pareto import pareto_front
 from sweeps.records import TrialRecord, TrialState
-from sweeps.selection import SelectionError, describe_policy, pareto_front, select_best
+from sweeps.selection.policies import describe_policy, select_best
 
 METRICS = ("rmse", "nonzero_coefs", "r2")
 MIN2 = [Objective(metric="rmse"), Objective(metric="nonzero_coefs")]

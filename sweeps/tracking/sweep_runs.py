@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -29,44 +29,42 @@ from typing import Any
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from sweeps.config import Config
-from sweeps.data import DataBundle
-from sweeps.engine import SweepOutcome, pareto_numbers
+from sweeps.dataset import DataBundle
 from sweeps.errors import RunFailed
-from sweeps.lineage import TAG_DIGEST, TAG_KIND, TAG_TRIAL_KEY, find_sweep_run
-from sweeps.mlflow_store import ensure_experiment, mlflow_dataset, sqlite_path, use_tracking
+from sweeps.pareto import pareto_numbers
 from sweeps.records import TrialRecord
-from sweeps.registry import TAG_SWEEP, TAG_TRIAL
-from sweeps.sampler import sampler_label
-from sweeps.tune_adapters import TrialRecordCallback
+from sweeps.sweep.engine import SweepOutcome
+from sweeps.sweep.sampler import sampler_label
+from sweeps.sweep.workers import TrialRecordCallback
+from sweeps.tracking.client import ensure_experiment, mlflow_dataset, sqlite_path, use_tracking
+from sweeps.tracking.lookup import find_sweep_run, trial_runs
+from sweeps.tracking.names import (
+    CARD_ARTIFACT,
+    CONFIG_ARTIFACT,
+    KIND_SWEEP,
+    KIND_TRIAL,
+    TAG_DIGEST,
+    TAG_ERROR,
+    TAG_KIND,
+    TAG_NODE,
+    TAG_PARENT,
+    TAG_RUN_NAME,
+    TAG_SAMPLER,
+    TAG_SWEEP,
+    TAG_TRIAL,
+    TAG_TRIAL_KEY,
+)
 from training.card import write_card
 
-__all__ = ["SweepTracker", "trial_runs"]
+__all__ = ["ArtifactWriter", "SweepTracker"]
 
 log = logging.getLogger(__name__)
 
 _BATCH = 500
 _ERROR_CHARS = 4000
 _PACKAGES = ("ray", "optuna", "mlflow", "scikit-learn", "pandas", "numpy", "pydantic")
-
-
-def trial_runs(client: MlflowClient, experiment_id: str, sweep: str) -> list[Any]:
-    """Every child run of `sweep` (all pages)."""
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_SWEEP}` = '{sweep}'",
-            max_results=5000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -97,22 +95,22 @@ def _environment() -> dict[str, str]:
 
 def _child_tags(record: TrialRecord, parent_run_id: str, sampler: str, digest: str) -> dict[str, str]:
     tags = {
-        MLFLOW_PARENT_RUN_ID: parent_run_id,
-        MLFLOW_RUN_NAME: record.key,
-        TAG_KIND: "trial",
+        TAG_PARENT: parent_run_id,
+        TAG_RUN_NAME: record.key,
+        TAG_KIND: KIND_TRIAL,
         TAG_SWEEP: record.sweep,
         TAG_TRIAL: str(record.number),
         TAG_TRIAL_KEY: record.key,
         "sweeps.optuna_trial": str(record.number),
-        "sweeps.sampler": sampler,
+        TAG_SAMPLER: sampler,
         TAG_DIGEST: digest,
     }
     if record.tune_trial_id:
         tags["sweeps.tune_trial_id"] = record.tune_trial_id
     if record.node:
-        tags["sweeps.node"] = record.node
+        tags[TAG_NODE] = record.node
     if record.error:
-        tags["sweeps.error"] = record.error[:_ERROR_CHARS]
+        tags[TAG_ERROR] = record.error[:_ERROR_CHARS]
     return tags
 
 
@@ -192,11 +190,18 @@ class _RestWriter:
             future.result()
 
 
+# Writes files about a finished sweep into a folder (the report); logged under the parent run's `report/`.
+ArtifactWriter = Callable[[SweepOutcome, Path], object]
+
+
 class SweepTracker(TrialRecordCallback):
     """Logs a sweep to MLflow: the parent run with config, data and summary, a child run per trial."""
 
-    def __init__(self, config: Config, bundle: DataBundle, sweep: str) -> None:
+    def __init__(
+        self, config: Config, bundle: DataBundle, sweep: str, artifacts: ArtifactWriter | None = None
+    ) -> None:
         self.config = config
+        self.artifacts = artifacts
         self.bundle = bundle
         self.sweep_name = sweep
         self.uri = config.tracking.resolved_uri
@@ -268,7 +273,7 @@ class SweepTracker(TrialRecordCallback):
         return sqlite_path(self.uri) is not None or self.uri.startswith(("postgresql", "mysql", "mssql"))
 
     def _create_parent(self, client: MlflowClient) -> str:
-        tags = {TAG_KIND: "sweep", TAG_SWEEP: self.sweep_name, TAG_DIGEST: self.bundle.digest, **_environment()}
+        tags = {TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep_name, TAG_DIGEST: self.bundle.digest, **_environment()}
         run = client.create_run(self.experiment_id, tags=tags, run_name=self.sweep_name)
         run_id = str(run.info.run_id)
         config_tree = self.config.model_dump(mode="json")
@@ -276,10 +281,10 @@ class SweepTracker(TrialRecordCallback):
         for start in range(0, len(params), 100):
             client.log_batch(run_id, params=params[start : start + 100])
         with tempfile.TemporaryDirectory() as tmp:
-            config_path = Path(tmp) / "config.yaml"
+            config_path = Path(tmp) / CONFIG_ARTIFACT
             config_path.write_text(yaml.safe_dump(config_tree, sort_keys=False), encoding="utf-8")
             client.log_artifact(run_id, str(config_path))
-            client.log_artifact(run_id, str(write_card(self.bundle.card, Path(tmp) / "dataset_card.json")))
+            client.log_artifact(run_id, str(write_card(self.bundle.card, Path(tmp) / CARD_ARTIFACT)))
         dataset = mlflow_dataset(self.bundle, "train")
         from mlflow.entities import DatasetInput, InputTag
 
@@ -338,7 +343,10 @@ class SweepTracker(TrialRecordCallback):
         client = self._client()
         client.log_batch(self.parent_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0)
                                                         for k, v in self._summary(outcome).items()])
-        self._log_report(client, outcome)
+        if self.artifacts is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.artifacts(outcome, Path(tmp))
+                client.log_artifacts(self.parent_run_id, tmp, artifact_path="report")
         status = {"completed": "FINISHED", "interrupted": "KILLED", "budget_exhausted": "FINISHED"}.get(
             outcome.status, "FAILED"
         )
@@ -366,13 +374,3 @@ class SweepTracker(TrialRecordCallback):
             if values:
                 summary[f"best_{metric}"] = min(values) if direction == "minimize" else max(values)
         return summary
-
-    def _log_report(self, client: MlflowClient, outcome: SweepOutcome) -> None:
-        try:
-            from sweeps.report import write_report
-        except ImportError:
-            log.warning("sweeps.report is not available; the parent run gets no report artifacts")
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            write_report(outcome, Path(tmp))
-            client.log_artifacts(self.parent_run_id, tmp, artifact_path="report")

@@ -22,12 +22,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.config import Config
-from sweeps.coordinator import RESULT_ATTR
-from sweeps.data import DataBundle, load_data
+from sweeps.dataset import DataBundle, load_data
 from sweeps.errors import UsageError
+from sweeps.pareto import pareto_numbers
 from sweeps.records import TrialRecord
 from sweeps.records import TrialState as TrialState_
-from sweeps.state import SweepState
+from sweeps.sweep.coordinator import RESULT_ATTR
+from sweeps.sweep.state import SweepState
 from training.objective import Metrics, PreparedSplit, evaluate, prepare
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "Progress",
     "SweepOutcome",
     "load_outcome",
-    "pareto_numbers",
     "record_from_trial",
     "resolve_sweep_name",
     "run_sweep",
@@ -141,15 +141,6 @@ def record_from_trial(sweep: str, trial: FrozenTrial) -> TrialRecord:
     )
 
 
-def pareto_numbers(records: Sequence[TrialRecord], objectives: Sequence[tuple[str, str]]) -> list[int]:
-    """Numbers of the non-dominated complete trials (O(n log n) for two objectives)."""
-    from sweeps.config import Objective as ObjectiveSpec
-    from sweeps.selection import pareto_front
-
-    specs = [ObjectiveSpec.model_validate({"metric": m, "direction": d}) for m, d in objectives]
-    return sorted(r.number for r in pareto_front(records, specs))
-
-
 class _LiveCounts:
     """Driver-side counts of the records arriving through Tune, for the progress display."""
 
@@ -241,7 +232,7 @@ def _connect_ray(address: str | None, concurrency: int) -> bool:
 
 def _check_cluster(config: Config) -> list[str]:
     """Refuse storage (and tracking) that other hosts of the cluster cannot reach."""
-    from sweeps.cluster import check_shared_storage, check_tracking_uri, cluster_nodes
+    from sweeps.sweep.cluster import check_shared_storage, check_tracking_uri, cluster_nodes
 
     node_ips = [str(n["ip"]) for n in cluster_nodes()]
     check_shared_storage(config.sweep.storage, node_ips)
@@ -416,8 +407,8 @@ def _run_tune(
     from ray import tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from sweeps.coordinator import Coordinator
-    from sweeps.tune_adapters import SweepProgressCallback, run_worker
+    from sweeps.sweep.coordinator import Coordinator
+    from sweeps.sweep.workers import SweepProgressCallback, run_worker
 
     # The coordinator writes the sweep's journal, so it runs where the driver (and its storage) is.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

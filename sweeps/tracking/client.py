@@ -17,7 +17,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 
-from sweeps.data import DataBundle
+from sweeps.dataset import DataBundle
 
 __all__ = ["ensure_experiment", "is_local_uri", "mlflow_dataset", "sqlite_path", "use_tracking"]
 

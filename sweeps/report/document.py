@@ -23,11 +23,18 @@ import optuna
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sweeps.engine import SweepOutcome
 from sweeps.errors import UsageError
-from sweeps.plots import PlotUnavailable, param_importances, plot_history, plot_importance, plot_params, plot_pareto
 from sweeps.records import TrialRecord
-from sweeps.state import SweepState
+from sweeps.report.plots import (
+    PlotUnavailable,
+    param_importances,
+    plot_history,
+    plot_importance,
+    plot_params,
+    plot_pareto,
+)
+from sweeps.sweep.engine import SweepOutcome
+from sweeps.sweep.state import SweepState
 
 __all__ = ["FailureReason", "ReportFiles", "failure_reasons", "trial_table", "write_report"]
 

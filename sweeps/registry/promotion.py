@@ -1,9 +1,8 @@
-"""From a finished sweep to a promoted model: select, refit, score on the test split, register, promote.
+"""From a finished sweep to a promoted model: select, refit and score, log the evidence, register, promote.
 
-The sweep chose on validation data, so its numbers flatter the winner; the chosen params are
-refitted on train + validation and scored on the held-out test split, and only those test
-metrics decide promotion. Selecting the same sweep again with the same policy finds the version
-registered the first time (same sweep, policy, trial and dataset digest) and registers nothing.
+Only the refitted model's test metrics decide promotion. Selecting the same sweep again with the
+same policy finds the version registered the first time (same sweep, policy, trial and dataset
+digest) and registers nothing.
 """
 
 from __future__ import annotations
@@ -11,93 +10,50 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import mlflow
-import pandas as pd
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
-from sklearn.pipeline import Pipeline
 
-from sweeps.config import Config, apply_overrides
-from sweeps.data import DataBundle, load_data
-from sweeps.engine import SweepOutcome
-from sweeps.errors import ConfigError, ObjectiveError, RunFailed, UsageError
-from sweeps.lineage import (
+from sweeps.config import Config
+from sweeps.dataset import DataBundle, load_data
+from sweeps.errors import UsageError
+from sweeps.records import TrialRecord
+from sweeps.registry.versions import PromotionResult, find_version, promote_if_better, register_version
+from sweeps.selection.policies import Selection
+from sweeps.selection.refit import RefitScore, choose, refit_and_score
+from sweeps.sweep.engine import SweepOutcome
+from sweeps.tracking.client import ensure_experiment, mlflow_dataset, use_tracking
+from sweeps.tracking.lookup import find_sweep_run, find_trial_run
+from sweeps.tracking.names import (
     CARD_ARTIFACT,
     CONFIG_ARTIFACT,
+    KIND_SELECTION,
+    SELECTION_ARTIFACT,
     TAG_DIGEST,
     TAG_KIND,
-    TAG_SWEEP_RUN,
-    TAG_TRIAL_RUN,
-    find_sweep_run,
-    find_trial_run,
-)
-from sweeps.mlflow_store import ensure_experiment, mlflow_dataset, use_tracking
-from sweeps.records import TrialRecord
-from sweeps.registry import (
     TAG_POLICY,
     TAG_SWEEP,
+    TAG_SWEEP_RUN,
     TAG_TEST_PREFIX,
     TAG_TRIAL,
-    PromotionResult,
-    find_version,
-    promote_if_better,
-    register_version,
+    TAG_TRIAL_RUN,
+    recorded_test_metrics,
 )
-from sweeps.selection import Selection, SelectionError, select_best
-from sweeps.space import params_for
 from training.card import write_card
-from training.data import TARGET
-from training.objective import ElasticNetParams, fit_pipeline, nonzero_coefs, score
+from training.objective import METRIC_DIRECTIONS
 
-__all__ = [
-    "DIRECTIONS",
-    "SELECTABLE_STATUSES",
-    "RefitScore",
-    "SelectionRefused",
-    "SelectionReport",
-    "refit_and_score",
-    "select_and_register",
-    "selection_config",
-]
+__all__ = ["SelectionReport", "select_and_register"]
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS: dict[str, Literal["minimize", "maximize"]] = {
-    "rmse": "minimize",
-    "mae": "minimize",
-    "r2": "maximize",
-    "nonzero_coefs": "minimize",
-    "fit_seconds": "minimize",
-}
-SELECTABLE_STATUSES = ("completed", "budget_exhausted")
-# What `sweeps select` may change in the stored config: the sweep's data, split, model and search
-# space are fixed by the sweep (a different split would leak validation rows into the test set).
-_OVERRIDABLE = ("registry.", "tracking.", "sweep.storage", "data.path", "data.cache_dir")
 _PINNED = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "cloudpickle")
-
-
-class SelectionRefused(UsageError):
-    """Nothing can be selected: no usable trial, none within the constraints, or the sweep is unfinished."""
-
-
-@dataclass(frozen=True)
-class RefitScore:
-    """The chosen params refitted on train + validation, with their honest test-split metrics."""
-
-    params: ElasticNetParams
-    pipeline: Pipeline
-    test_metrics: dict[str, float]
-    fit_rows: int
-    test_rows: int
 
 
 @dataclass(frozen=True)
@@ -151,43 +107,6 @@ class SelectionReport:
         }
 
 
-def selection_config(stored: Config, overrides: list[str]) -> Config:
-    """The config a sweep ran with, with `registry.*`, `tracking.*` and data-location overrides.
-
-    Anything else is fixed by the sweep and refused, naming the override.
-    """
-    fixed = [o for o in overrides if not o.partition("=")[0].strip().startswith(_OVERRIDABLE)]
-    if fixed:
-        raise ConfigError(
-            f"selection overrides must start with one of {list(_OVERRIDABLE)}: the sweep's data, split, model "
-            f"and search space are fixed by the sweep it ran, got {fixed}."
-        )
-    tree = apply_overrides(stored.model_dump(mode="json"), list(overrides))
-    try:
-        return Config.model_validate(tree)
-    except ValueError as exc:
-        raise ConfigError(f"stored sweep config with overrides {list(overrides)}: {exc}") from exc
-
-
-def refit_and_score(config: Config, bundle: DataBundle, record: TrialRecord) -> RefitScore:
-    """Refit `record`'s params on train + validation and score them on the held-out test split."""
-    params = params_for(config.model, record.params)
-    features = list(bundle.split.features)
-    fit = pd.concat([bundle.frame("train"), bundle.frame("validation")], ignore_index=True)
-    test = bundle.frame("test")
-    start = time.perf_counter()
-    try:
-        pipeline = fit_pipeline(params, fit[features], fit[TARGET], config.model.seed)
-        fit_seconds = time.perf_counter() - start
-        metrics = score(test[TARGET].to_numpy(), pipeline.predict(test[features]))
-    except ObjectiveError as exc:
-        raise RunFailed(
-            f"refitting trial {record.number} of sweep {record.sweep!r} on train+validation failed: {exc}"
-        ) from exc
-    metrics |= {"nonzero_coefs": float(nonzero_coefs(pipeline)), "fit_seconds": fit_seconds}
-    return RefitScore(params, pipeline, metrics, len(fit), len(test))
-
-
 def _pinned_requirements() -> list[str]:
     pins = []
     for package in _PINNED:
@@ -196,30 +115,6 @@ def _pinned_requirements() -> list[str]:
         except PackageNotFoundError:
             log.warning("package %s not installed; left out of the model's requirements", package)
     return pins
-
-
-def _choose(outcome: SweepOutcome, config: Config) -> Selection:
-    if outcome.status not in SELECTABLE_STATUSES:
-        raise SelectionRefused(
-            f"sweep {outcome.name!r} is {outcome.status} ({len(outcome.records)}/{outcome.requested} trials); "
-            f"only a sweep that is {' or '.join(SELECTABLE_STATUSES)} can be selected from: "
-            f"finish it with `sweeps resume {outcome.name}` first."
-        )
-    try:
-        return select_best(outcome.records, config.sweep.objectives, config.registry.policy)
-    except SelectionError as exc:
-        raise SelectionRefused(f"sweep {outcome.name!r}: {exc}") from exc
-
-
-def _version_metrics(version: ModelVersion) -> dict[str, float]:
-    metrics = {}
-    for key, raw in (version.tags or {}).items():
-        if key.startswith(TAG_TEST_PREFIX):
-            try:
-                metrics[key.removeprefix(TAG_TEST_PREFIX)] = float(raw)
-            except ValueError:
-                log.warning("version %s: tag %s=%r is not a number", version.version, key, raw)
-    return dict(sorted(metrics.items()))
 
 
 def _description(selection: Selection, refit: RefitScore, digest: str) -> str:
@@ -247,7 +142,7 @@ def _log_selection_run(
     chosen = selection.chosen
     experiment_id = ensure_experiment(client, config.tracking.experiment)
     tags = {
-        TAG_KIND: "selection",
+        TAG_KIND: KIND_SELECTION,
         TAG_SWEEP: chosen.sweep,
         TAG_TRIAL: str(chosen.number),
         TAG_POLICY: selection.policy,
@@ -278,8 +173,8 @@ def _log_selection_run(
                 "front": [{"number": r.number, "params": r.params, "metrics": r.metrics} for r in selection.front],
                 "test_metrics": refit.test_metrics,
             }
-            (folder / "selection.json").write_text(json.dumps(evidence, indent=2, default=str), encoding="utf-8")
-            for name in (CARD_ARTIFACT, CONFIG_ARTIFACT, "selection.json"):
+            (folder / SELECTION_ARTIFACT).write_text(json.dumps(evidence, indent=2, default=str), encoding="utf-8")
+            for name in (CARD_ARTIFACT, CONFIG_ARTIFACT, SELECTION_ARTIFACT):
                 mlflow.log_artifact(str(folder / name))
         info = mlflow.sklearn.log_model(
             refit.pipeline,
@@ -319,7 +214,7 @@ def select_and_register(
     A version already registered for the same sweep, policy, trial and data is reused, not
     registered again; the promotion gate still runs on it (idempotent for a champion).
     """
-    selection = _choose(outcome, config)
+    selection = choose(outcome, config)
     chosen = selection.chosen
     bundle = bundle or load_data(config.data, config.split)
     swept_digest = outcome.extra.get("dataset_digest")
@@ -329,6 +224,7 @@ def select_and_register(
             f"(digest {swept_digest}): point data.path at the sweep's data."
         )
     name, metric = config.registry.model_name, config.registry.promote_metric
+    direction = METRIC_DIRECTIONS[metric]
     uri = config.tracking.resolved_uri
     identity = {
         TAG_SWEEP: chosen.sweep,
@@ -342,11 +238,11 @@ def select_and_register(
             log.info("%s trial %s is already %s version %s", chosen.sweep, chosen.number, name, existing.version)
             run = client.get_run(existing.run_id) if existing.run_id else None
             run_tags = run.data.tags if run is not None else {}
-            promotion = promote_if_better(client, name, existing.version, metric, DIRECTIONS[metric], force=force)
+            promotion = promote_if_better(client, name, existing.version, metric, direction, force=force)
             return SelectionReport(
-                name, int(existing.version), False, outcome.name, selection, _version_metrics(existing), metric,
-                promotion, bundle.digest, uri, existing.run_id or None, run_tags.get(TAG_SWEEP_RUN),
-                run_tags.get(TAG_TRIAL_RUN),
+                name, int(existing.version), False, outcome.name, selection,
+                recorded_test_metrics(existing.tags), metric, promotion, bundle.digest, uri,
+                existing.run_id or None, run_tags.get(TAG_SWEEP_RUN), run_tags.get(TAG_TRIAL_RUN),
             )
         refit = refit_and_score(config, bundle, chosen)
         links = _tracking_links(client, config, chosen, bundle.digest)
@@ -355,7 +251,7 @@ def select_and_register(
         version = register_version(
             client, name, model_uri, run_id, tags=tags, description=_description(selection, refit, bundle.digest)
         )
-        promotion = promote_if_better(client, name, version.version, metric, DIRECTIONS[metric], force=force)
+        promotion = promote_if_better(client, name, version.version, metric, direction, force=force)
     return SelectionReport(
         name, int(version.version), True, outcome.name, selection, refit.test_metrics, metric, promotion,
         bundle.digest, uri, run_id, links.get(TAG_SWEEP_RUN), links.get(TAG_TRIAL_RUN),

@@ -145,7 +145,7 @@ def check_tracking_uri(uri: str, node_ips: Sequence[str]) -> None:
     if len(hosts(node_ips)) <= 1:
         return
     # Imported here: mlflow is slow to import and single-host sweeps never need this.
-    from sweeps.mlflow_store import is_local_uri
+    from sweeps.tracking.client import is_local_uri
 
     if not is_local_uri(uri):
         return

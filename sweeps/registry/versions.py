@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,37 +19,81 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from sweeps.errors import UsageError
+from sweeps.errors import ConfigError, UsageError
+from sweeps.tracking.names import TAG_POLICY, TAG_SWEEP, TAG_TEST_PREFIX, TAG_TRIAL, recorded_test_metrics
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "PREVIOUS",
-    "TAG_POLICY",
-    "TAG_SWEEP",
-    "TAG_TEST_PREFIX",
-    "TAG_TRIAL",
+    "ModelNotFound",
+    "ModelRef",
     "PromotionResult",
     "RegistryError",
     "VersionInfo",
     "find_version",
     "list_versions",
+    "parse_model_uri",
     "promote",
     "promote_if_better",
     "register_version",
+    "resolve_version",
     "rollback",
 ]
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
-TAG_SWEEP, TAG_POLICY, TAG_TRIAL = "sweeps.sweep", "sweeps.policy", "sweeps.trial"
-TAG_TEST_PREFIX = "sweeps.test_"
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 _PAGE = 1000
 
 
 class RegistryError(UsageError):
     """A registry request cannot be carried out: unknown model or version, no alias to move."""
+
+
+class ModelNotFound(UsageError):
+    """The registry has no such model, alias or version (yet)."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A registry model named by alias (followed on promotion) or by fixed version."""
+
+    name: str
+    alias: str | None = None
+    version: int | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@{self.alias}" if self.alias else f"models:/{self.name}/{self.version}"
+
+
+def parse_model_uri(uri: str) -> ModelRef:
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION`; anything else is a config error."""
+    match = _URI.match(uri.strip())
+    if not match:
+        raise ConfigError(
+            f"a model URI must look like 'models:/NAME@ALIAS' or 'models:/NAME/VERSION', got {uri!r}."
+        )
+    version = match["version"]
+    return ModelRef(match["name"], match["alias"], int(version) if version else None)
+
+
+def resolve_version(client: MlflowClient, ref: ModelRef) -> ModelVersion:
+    """The model version `ref` names now; ModelNotFound when the registry has none."""
+    try:
+        if ref.alias:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        return client.get_model_version(ref.name, str(ref.version))
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            what = f"alias {ref.alias!r}" if ref.alias else f"version {ref.version}"
+            raise ModelNotFound(
+                f"the registry at {client.tracking_uri} has no {what} of model {ref.name!r} ({ref.uri}); "
+                f"register and promote a model first (MLflow said: {exc.message.splitlines()[0]})."
+            ) from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -292,13 +337,7 @@ def rollback(client: MlflowClient, name: str) -> PromotionResult:
 
 def _info(version: ModelVersion, aliases: tuple[str, ...]) -> VersionInfo:
     tags = version.tags or {}
-    metrics: dict[str, float] = {}
-    for key, raw in sorted(tags.items()):
-        if key.startswith(TAG_TEST_PREFIX):
-            try:
-                metrics[key.removeprefix(TAG_TEST_PREFIX)] = float(raw)
-            except ValueError:
-                log.warning("version %s: tag %s=%r is not a number", version.version, key, raw)
+    metrics = recorded_test_metrics(tags)
     created = datetime.fromtimestamp(version.creation_timestamp / 1000, tz=UTC) if version.creation_timestamp else None
     return VersionInfo(
         name=version.name,

@@ -18,9 +18,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.config import Config
 from sweeps.records import TrialRecord
-from sweeps.sampler import make_sampler
-from sweeps.space import distributions
-from sweeps.state import SweepState
+from sweeps.sweep.sampler import make_sampler
+from sweeps.sweep.space import distributions
+from sweeps.sweep.state import SweepState
 
 __all__ = ["RESULT_ATTR", "Coordinator", "record_attrs"]
 

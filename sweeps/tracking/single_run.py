@@ -12,8 +12,9 @@ import mlflow
 from mlflow.models import infer_signature
 
 from sweeps.config import Config
-from sweeps.data import DataBundle, load_data
-from sweeps.mlflow_store import ensure_experiment, mlflow_dataset, use_tracking
+from sweeps.dataset import DataBundle, load_data
+from sweeps.tracking.client import ensure_experiment, mlflow_dataset, use_tracking
+from sweeps.tracking.names import CARD_ARTIFACT, KIND_TRAIN, TAG_DIGEST, TAG_KIND
 from training.card import write_card
 from training.data import TARGET
 from training.objective import ElasticNetParams, fit_pipeline, nonzero_coefs, score
@@ -57,13 +58,13 @@ def train_once(config: Config, bundle: DataBundle | None = None) -> TrainResult:
     with use_tracking(uri) as client:
         experiment_id = ensure_experiment(client, config.tracking.experiment)
         with mlflow.start_run(experiment_id=experiment_id, run_name="train") as run:
-            mlflow.set_tags({"sweeps.kind": "train", "sweeps.dataset_digest": bundle.digest})
+            mlflow.set_tags({TAG_KIND: KIND_TRAIN, TAG_DIGEST: bundle.digest})
             mlflow.log_params(params.as_dict() | {"seed": config.model.seed, "wine": config.data.wine})
             mlflow.log_metrics(metrics)
             mlflow.log_input(mlflow_dataset(bundle, "train"), context="training")
             mlflow.log_input(mlflow_dataset(bundle, "validation"), context="validation")
             with tempfile.TemporaryDirectory() as tmp:
-                mlflow.log_artifact(str(write_card(bundle.card, Path(tmp) / "dataset_card.json")))
+                mlflow.log_artifact(str(write_card(bundle.card, Path(tmp) / CARD_ARTIFACT)))
             example = train[features].head(5)
             info = mlflow.sklearn.log_model(
                 pipeline,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -25,40 +24,33 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from sweeps.errors import ConfigError, UsageError
 from sweeps.records import trial_key
-from sweeps.registry import TAG_POLICY, TAG_SWEEP, TAG_TEST_PREFIX, TAG_TRIAL
+from sweeps.registry.versions import parse_model_uri, resolve_version
+from sweeps.tracking.lookup import find_sweep_run, find_trial_run, search_runs
+from sweeps.tracking.names import (
+    CARD_ARTIFACT,
+    CONFIG_ARTIFACT,
+    KIND_MONITOR,
+    KIND_SELECTION,
+    TAG_DIGEST,
+    TAG_ENDPOINT,
+    TAG_KIND,
+    TAG_MODEL_NAME,
+    TAG_MODEL_VERSION,
+    TAG_PARENT,
+    TAG_POLICY,
+    TAG_SWEEP,
+    TAG_SWEEP_RUN,
+    TAG_TRIAL,
+    TAG_TRIAL_RUN,
+    recorded_test_metrics,
+)
 
-__all__ = [
-    "CARD_ARTIFACT",
-    "CONFIG_ARTIFACT",
-    "TAG_DIGEST",
-    "TAG_KIND",
-    "TAG_SWEEP_RUN",
-    "TAG_TRIAL_KEY",
-    "TAG_TRIAL_RUN",
-    "Lineage",
-    "LineageError",
-    "Link",
-    "find_sweep_run",
-    "find_trial_run",
-    "parse_model_uri",
-    "resolve_lineage",
-]
+__all__ = ["Lineage", "Link", "resolve_lineage"]
 
 log = logging.getLogger(__name__)
 
-TAG_KIND, TAG_DIGEST, TAG_TRIAL_KEY = "sweeps.kind", "sweeps.dataset_digest", "sweeps.trial_key"
-TAG_SWEEP_RUN, TAG_TRIAL_RUN = "sweeps.sweep_run_id", "sweeps.trial_run_id"
-TAG_PARENT = "mlflow.parentRunId"
-CARD_ARTIFACT, CONFIG_ARTIFACT = "dataset_card.json", "config.yaml"
-_MONITOR_NAME, _MONITOR_VERSION = "sweeps.model_name", "sweeps.model_version"
-_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 _UNTRACKED = "tracking was disabled for the sweep, or its runs are missing from this store"
-
-
-class LineageError(UsageError):
-    """The model URI is malformed or names no registered version."""
 
 
 @dataclass(frozen=True)
@@ -95,42 +87,6 @@ class Lineage:
         return asdict(self) | {"digest_consistent": self.digest_consistent}
 
 
-def parse_model_uri(uri: str) -> tuple[str, str | None, int | None]:
-    """(name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/VERSION`."""
-    match = _URI.match(uri.strip())
-    if not match:
-        raise ConfigError(f"a model URI must look like 'models:/NAME@ALIAS' or 'models:/NAME/VERSION', got {uri!r}.")
-    version = match["version"]
-    return match["name"], match["alias"], int(version) if version else None
-
-
-def _q(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _search(client: MlflowClient, experiment_ids: list[str], tags: Mapping[str, str]) -> list[Run]:
-    query = " AND ".join(f"tags.`{k}` = '{_q(v)}'" for k, v in tags.items())
-    return list(client.search_runs(experiment_ids, filter_string=query, order_by=["attributes.start_time DESC"]))
-
-
-def find_sweep_run(client: MlflowClient, experiment_id: str, sweep: str, digest: str | None = None) -> Run | None:
-    """The sweep's parent run (the newest, preferring one with the same dataset digest), else None."""
-    runs = _search(client, [experiment_id], {TAG_KIND: "sweep", TAG_SWEEP: sweep})
-    same_data = [r for r in runs if digest is None or r.data.tags.get(TAG_DIGEST) == digest]
-    candidates = same_data or runs
-    return candidates[0] if candidates else None
-
-
-def find_trial_run(
-    client: MlflowClient, experiment_id: str, sweep: str, number: int, parent_run_id: str | None = None
-) -> Run | None:
-    """The trial's child run by its trial key (preferring a child of `parent_run_id`), else None."""
-    runs = _search(client, [experiment_id], {TAG_KIND: "trial", TAG_TRIAL_KEY: trial_key(sweep, number)})
-    children = [r for r in runs if parent_run_id is not None and r.data.tags.get(TAG_PARENT) == parent_run_id]
-    candidates = children or runs
-    return candidates[0] if candidates else None
-
-
 def _get_run(client: MlflowClient, run_id: str | None) -> Run | None:
     if not run_id:
         return None
@@ -139,20 +95,6 @@ def _get_run(client: MlflowClient, run_id: str | None) -> Run | None:
     except MlflowException as exc:
         log.info("run %s not found: %s", run_id, exc.message)
         return None
-
-
-def _model_version(client: MlflowClient, uri: str) -> ModelVersion:
-    name, alias, version = parse_model_uri(uri)
-    try:
-        if alias is not None:
-            return client.get_model_version_by_alias(name, alias)
-        return client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        what = f"alias {alias!r}" if alias is not None else f"version {version}"
-        raise LineageError(
-            f"the registry at {client.tracking_uri} has no {what} of model {name!r} ({uri}): "
-            f"{exc.message.splitlines()[0]}"
-        ) from exc
 
 
 def _artifact(client: MlflowClient, run: Run | None, path: str) -> str | None:
@@ -186,13 +128,7 @@ def _run_facts(run: Run) -> dict[str, Any]:
 
 def _version_link(version: ModelVersion) -> Link:
     tags = dict(version.tags or {})
-    test_metrics = {}
-    for key, raw in sorted(tags.items()):
-        if key.startswith(TAG_TEST_PREFIX):
-            try:
-                test_metrics[key.removeprefix(TAG_TEST_PREFIX)] = float(raw)
-            except ValueError:
-                log.warning("version %s: tag %s=%r is not a number", version.version, key, raw)
+    test_metrics = recorded_test_metrics(tags)
     facts = {
         "name": version.name,
         "version": int(version.version),
@@ -288,7 +224,7 @@ def _config_link(client: MlflowClient, runs: list[Run], storage_root: Path | Non
                      "config": tree}
             return Link("config", f"runs:/{run.info.run_id}/{CONFIG_ARTIFACT}", True, facts)
     if storage_root is not None and sweep:
-        from sweeps.state import SweepState
+        from sweeps.sweep.state import SweepState
 
         state = SweepState(storage_root, sweep)
         if state.exists():
@@ -301,17 +237,17 @@ def _config_link(client: MlflowClient, runs: list[Run], storage_root: Path | Non
 
 def _monitoring(client: MlflowClient, name: str, version: int) -> list[dict[str, Any]]:
     experiments = [e.experiment_id for e in client.search_experiments()]
-    wanted = {TAG_KIND: "monitor", _MONITOR_NAME: name, _MONITOR_VERSION: str(version)}
+    wanted = {TAG_KIND: KIND_MONITOR, TAG_MODEL_NAME: name, TAG_MODEL_VERSION: str(version)}
     runs: list[Run] = []
     for start in range(0, len(experiments), 100):  # search_runs takes a bounded list of experiments
-        runs += _search(client, experiments[start : start + 100], wanted)
+        runs += search_runs(client, experiments[start : start + 100], wanted)
     runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
     return [
         {
             "run_id": r.info.run_id,
             "experiment_id": r.info.experiment_id,
             "start_time": r.info.start_time,
-            "endpoint": r.data.tags.get("sweeps.endpoint"),
+            "endpoint": r.data.tags.get(TAG_ENDPOINT),
             "metrics": {k: v for k, v in sorted(r.data.metrics.items()) if not k.startswith("drift.")},
         }
         for r in runs
@@ -348,7 +284,7 @@ def resolve_lineage(client: MlflowClient, model_uri: str, *, storage_root: Path 
 
     `storage_root` is the sweep-state folder, used for the config when no run carries it.
     """
-    version = _model_version(client, model_uri)
+    version = resolve_version(client, parse_model_uri(model_uri))
     tags = dict(version.tags or {})
     sweep, trial = tags.get(TAG_SWEEP), tags.get(TAG_TRIAL)
     key = trial_key(sweep, int(trial)) if sweep and trial and trial.isdigit() else None
@@ -357,7 +293,7 @@ def resolve_lineage(client: MlflowClient, model_uri: str, *, storage_root: Path 
     if selection is None:
         selection_link = _absent("selection run", f"version {version.version} names no run, or its run is gone")
     else:
-        note = "" if selection.data.tags.get(TAG_KIND) == "selection" else "the version's run is not a selection run"
+        note = "" if selection.data.tags.get(TAG_KIND) == KIND_SELECTION else "the version's run is not a selection run"
         selection_link = Link("selection run", selection.info.run_id, True, _run_facts(selection), note)
     trial_run, sweep_run = _sweep_side_runs(client, selection, sweep, trial, tags.get(TAG_DIGEST))
     known_params = dict(selection.data.params) if selection is not None else {}

@@ -16,7 +16,7 @@ from ray import tune
 
 from sweeps.config import ModelConfig
 from sweeps.records import TrialRecord
-from sweeps.space import params_for
+from sweeps.sweep.space import params_for
 from training.objective import Metrics, PreparedSplit
 
 __all__ = ["TrialRecordCallback", "records_from_result", "run_worker"]

@@ -22,9 +22,9 @@ from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from sweeps.engine import SweepOutcome
 from sweeps.errors import SweepsError
 from sweeps.records import TrialRecord
+from sweeps.sweep.engine import SweepOutcome
 
 __all__ = [
     "MAX_POINTS",

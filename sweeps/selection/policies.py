@@ -14,18 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from sweeps.config import ConstraintPolicy, KneePolicy, LexicographicPolicy, Objective, WeightedPolicy
-from sweeps.errors import SweepsError
+from sweeps.errors import SelectionError
+from sweeps.pareto import check_objectives, oriented, pareto_front, sort_key
 from sweeps.records import TrialRecord
 
-__all__ = ["Policy", "Selection", "SelectionError", "describe_policy", "pareto_front", "select_best"]
+__all__ = ["Policy", "Selection", "describe_policy", "select_best"]
 
 Policy = LexicographicPolicy | ConstraintPolicy | KneePolicy | WeightedPolicy
-_BLOCK = 256  # rows settled per vectorised step of the n-objective front
-_CHUNK = 4096  # rows compared at once: bounds memory to _BLOCK * _CHUNK * k booleans
-
-
-class SelectionError(SweepsError):
-    """No trial can be selected: none usable, none satisfying the constraints, or a bad policy."""
 
 
 @dataclass(frozen=True)
@@ -38,93 +33,6 @@ class Selection:
     reason: str
     usable: int = 0
     excluded: int = 0
-
-
-def _check_objectives(objectives: Sequence[Objective]) -> list[str]:
-    metrics: list[str] = [o.metric for o in objectives]
-    if not metrics:
-        raise SelectionError("at least one objective is needed to select a trial, got none.")
-    if len(set(metrics)) != len(metrics):
-        raise SelectionError(f"objective metrics must be distinct, got {metrics}.")
-    return metrics
-
-
-def _sign(objective: Objective) -> float:
-    return 1.0 if objective.direction == "minimize" else -1.0
-
-
-def _oriented(records: Sequence[TrialRecord], objectives: Sequence[Objective]) -> np.ndarray:
-    """Objective values as an (n, k) matrix in which lower is always better."""
-    values = np.empty((len(records), len(objectives)), dtype=float)
-    for j, objective in enumerate(objectives):
-        values[:, j] = [_sign(objective) * r.metrics[objective.metric] for r in records]
-    return values
-
-
-def _front_2d(values: np.ndarray) -> np.ndarray:
-    """Indices of non-dominated rows of an (n, 2) minimisation matrix, by one sort."""
-    order = np.lexsort((values[:, 1], values[:, 0]))
-    f1, f2 = values[order, 0], values[order, 1]
-    starts = np.r_[True, f1[1:] != f1[:-1]]
-    group = np.cumsum(starts) - 1
-    group_min = f2[starts]  # sorted by f2 within equal f1, so a group's first row holds its minimum
-    best_before = np.r_[np.inf, np.minimum.accumulate(group_min)[:-1]]
-    # A row survives when it is the lowest f2 of its f1 group (duplicates included) and strictly
-    # below every f2 seen at a smaller f1.
-    keep = (f2 == group_min[group]) & (group_min[group] < best_before[group])
-    return np.asarray(order[keep])
-
-
-def _dominated_by_any(front: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """For each row of `points`, whether some row of `front` dominates it (chunked to bound memory)."""
-    out = np.zeros(len(points), dtype=bool)
-    for start in range(0, len(points), _CHUNK):
-        chunk = points[None, start : start + _CHUNK, :]
-        better_or_equal = np.all(front[:, None, :] <= chunk, axis=2)
-        strictly = np.any(front[:, None, :] < chunk, axis=2)
-        out[start : start + _CHUNK] = np.any(better_or_equal & strictly, axis=0)
-    return out
-
-
-def _front_nd(values: np.ndarray) -> np.ndarray:
-    """Indices of non-dominated rows of an (n, k) minimisation matrix, vectorised block by block.
-
-    Rows are visited in lexicographic order, where a dominator always comes first. So within the
-    next block only earlier block rows can dominate a row: the block's own non-dominated rows are
-    on the front, and they then remove every later row they dominate at once.
-    """
-    order = np.lexsort(values.T[::-1])
-    points, ids = values[order], order
-    kept: list[np.ndarray] = []
-    while len(ids):
-        block, block_ids = points[:_BLOCK], ids[:_BLOCK]
-        heads = ~_dominated_by_any(block, block)
-        front = block[heads]
-        kept.append(block_ids[heads])
-        points, ids = points[len(block) :], ids[len(block) :]
-        if len(ids):
-            alive = ~_dominated_by_any(front, points)
-            points, ids = points[alive], ids[alive]
-    return np.concatenate(kept) if kept else np.empty(0, dtype=int)
-
-
-def _sort_key(record: TrialRecord, objectives: Sequence[Objective]) -> tuple[float | int | str, ...]:
-    return (*(_sign(o) * record.metrics[o.metric] for o in objectives), record.number, record.sweep)
-
-
-def pareto_front(records: Sequence[TrialRecord], objectives: Sequence[Objective]) -> list[TrialRecord]:
-    """The non-dominated usable trials, best first on the first objective, then trial number.
-
-    Trials with equal objective values do not dominate each other, so both stay on the front.
-    No usable trial gives an empty list.
-    """
-    metrics = _check_objectives(objectives)
-    usable = [r for r in records if r.is_usable(metrics)]
-    if not usable:
-        return []
-    values = _oriented(usable, objectives)
-    picked = _front_2d(values) if values.shape[1] == 2 else _front_nd(values)
-    return sorted((usable[i] for i in picked), key=lambda r: _sort_key(r, objectives))
 
 
 def _label(objective: Objective) -> str:
@@ -190,7 +98,7 @@ def _no_usable_message(records: Sequence[TrialRecord], metrics: list[str]) -> st
 
 def _normalised(front: Sequence[TrialRecord], objectives: Sequence[Objective]) -> np.ndarray:
     """Min-max normalise oriented objective values over the front: 0 is the ideal, 1 the worst."""
-    values = _oriented(front, objectives)
+    values = oriented(front, objectives)
     low, high = values.min(axis=0), values.max(axis=0)
     span = np.where(high > low, high - low, 1.0)
     return np.asarray((values - low) / span)
@@ -231,7 +139,7 @@ def _select_constraint(
         )
     primary = by_metric[policy.metric]
     order = [primary] + [o for o in objectives if o is not primary]
-    chosen = min(feasible, key=lambda r: _sort_key(r, order))
+    chosen = min(feasible, key=lambda r: sort_key(r, order))
     reason = (
         f"trial {chosen.number} has the best {_label(primary)} = {_fmt(chosen.metrics[primary.metric])} "
         f"among {len(feasible)} of {len(usable)} usable trials within bounds ({_bounds_text(policy) or 'none'})"
@@ -255,7 +163,7 @@ def select_best(
     normalised values. Ties that remain are broken by the lower trial number (then sweep name).
     Raises SelectionError when no trial is usable or none meets the constraints.
     """
-    metrics = _check_objectives(objectives)
+    metrics = check_objectives(objectives)
     usable = [r for r in records if r.is_usable(metrics)]
     if not usable:
         raise SelectionError(_no_usable_message(records, metrics))
@@ -273,7 +181,7 @@ def select_best(
         )
     elif policy is None or isinstance(policy, LexicographicPolicy):
         order = _lexicographic_order(policy or LexicographicPolicy(kind="lexicographic"), objectives)
-        chosen = min(front, key=lambda r: _sort_key(r, order))
+        chosen = min(front, key=lambda r: sort_key(r, order))
         values = ", ".join(f"{o.metric}={_fmt(chosen.metrics[o.metric])}" for o in order)
         reason = f"trial {chosen.number} is lexicographically best ({values}; {counts})"
     elif isinstance(policy, KneePolicy):

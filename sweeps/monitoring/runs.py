@@ -24,9 +24,19 @@ from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 
 from sweeps.errors import RunFailed, UsageError
+from sweeps.tracking.names import (
+    KIND_MONITOR,
+    SNAPSHOT_ARTIFACT,
+    TAG_DIGEST,
+    TAG_ENDPOINT,
+    TAG_KIND,
+    TAG_MODEL_NAME,
+    TAG_MODEL_VERSION,
+    TAG_RUN_NAME,
+    TAG_TRAINING_RUN,
+)
 
 __all__ = [
-    "KIND",
     "MonitorError",
     "MonitorRecord",
     "fetch_monitoring",
@@ -38,14 +48,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KIND = "monitor"
-TAG_KIND = "sweeps.kind"
-TAG_NAME = "sweeps.model_name"
-TAG_VERSION = "sweeps.model_version"
-TAG_TRAINING_RUN = "sweeps.training_run_id"
-TAG_DIGEST = "sweeps.dataset_digest"
-TAG_ENDPOINT = "sweeps.endpoint"
-SNAPSHOT_ARTIFACT = "monitoring.json"
 
 
 class MonitorError(RunFailed):
@@ -148,13 +150,13 @@ def _write_run(
     name, version = model["name"], model["version"]
     experiment_id = training.info.experiment_id
     tags = {
-        TAG_KIND: KIND,
-        TAG_NAME: name,
-        TAG_VERSION: version,
+        TAG_KIND: KIND_MONITOR,
+        TAG_MODEL_NAME: name,
+        TAG_MODEL_VERSION: version,
         TAG_TRAINING_RUN: training.info.run_id,
         TAG_DIGEST: model["dataset_digest"] or training.data.tags.get(TAG_DIGEST, ""),
         TAG_ENDPOINT: endpoint,
-        "mlflow.runName": f"monitor-{name}-v{version}",
+        TAG_RUN_NAME: f"monitor-{name}-v{version}",
     }
     run = client.create_run(experiment_id, tags=tags)
     run_id = run.info.run_id
@@ -188,8 +190,8 @@ def monitoring_runs(client: MlflowClient, name: str, version: str | int) -> list
         return []
     experiment_id = client.get_run(registered.run_id).info.experiment_id
     query = (
-        f"tags.`{TAG_KIND}` = '{KIND}' AND tags.`{TAG_NAME}` = '{_quoted(name)}' "
-        f"AND tags.`{TAG_VERSION}` = '{version}'"
+        f"tags.`{TAG_KIND}` = '{KIND_MONITOR}' AND tags.`{TAG_MODEL_NAME}` = '{_quoted(name)}' "
+        f"AND tags.`{TAG_MODEL_VERSION}` = '{version}'"
     )
     return list(client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time DESC"]))
 
