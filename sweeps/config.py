@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sweeps.errors import ConfigError
+from training.objective import PARAM_CONSTRAINTS
 
 __all__ = [
     "CONFIG_DIR",
@@ -33,14 +35,28 @@ __all__ = [
     "TrackingConfig",
     "WeightedPolicy",
     "apply_overrides",
+    "format_validation_error",
     "load_config",
     "validate_tree",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> Path:
+    """The shipped YAML: `sweeps/configs` in an installed wheel, else the checkout's top-level `configs/`.
+
+    The wheel maps `configs/` into the package (pyproject's package-dir); a checkout, editable
+    install included, reads the folder the user edits.
+    """
+    shipped = files("sweeps").joinpath("configs")
+    if isinstance(shipped, Path) and shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
 DEFAULT_CONFIG = CONFIG_DIR / "wine.yaml"
 Metric = Literal["rmse", "mae", "r2", "nonzero_coefs", "fit_seconds"]
-MODEL_PARAMS = ("alpha", "l1_ratio", "max_iter", "tol")
+MODEL_PARAMS = tuple(PARAM_CONSTRAINTS)
 
 
 class _Strict(BaseModel):
@@ -86,11 +102,19 @@ class SplitConfig(_Strict):
 class ModelConfig(_Strict):
     """ElasticNet parameters of a single training run (and fixed values in a sweep)."""
 
-    alpha: float = Field(0.5, ge=0)
-    l1_ratio: float = Field(0.5, ge=0, le=1)
-    max_iter: int = Field(1000, ge=1)
-    tol: float = Field(1e-4, ge=0)
+    alpha: float = 0.5
+    l1_ratio: float = 0.5
+    max_iter: int = 1000
+    tol: float = 1e-4
     seed: int = 0
+
+    @field_validator(*PARAM_CONSTRAINTS)
+    @classmethod
+    def _within_constraints(cls, value: float, info: ValidationInfo) -> float:
+        problem = PARAM_CONSTRAINTS[str(info.field_name)].problem(str(info.field_name), value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class FloatParam(_Strict):
@@ -185,6 +209,12 @@ class SweepConfig(_Strict):
             raise ValueError(f"search_space keys must be ElasticNet params {list(MODEL_PARAMS)}, got {unknown}.")
         if not space:
             raise ValueError("search_space must name at least one parameter.")
+        for name, spec in space.items():
+            values = spec.choices if isinstance(spec, ChoiceParam) else [spec.low, spec.high]
+            problems = [p for p in (PARAM_CONSTRAINTS[name].problem(name, v) for v in values) if p]
+            if problems:
+                raise ValueError(f"search_space.{name} reaches outside what ElasticNet accepts, so its trials "
+                                 f"would fail: {problems[0]}")
         return space
 
     @field_validator("objectives")
@@ -347,10 +377,16 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(str(exc).split())
 
 
-def _format_errors(exc: ValidationError, where: str) -> str:
+def format_validation_error(exc: ValidationError, where: str, section: str | None = None) -> str:
+    """Pydantic's errors as `where: field.path: message (got value)`, one line each, no boilerplate.
+
+    `section` prefixes the field path when the model validated is one section of the config
+    (`serve` for `ServeConfig`), so the path reads as it would in the YAML file.
+    """
     lines = []
     for error in exc.errors():
-        location = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+        parts = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+        location = ".".join([section, *parts] if section else parts)
         message = error["msg"].removeprefix("Value error, ")
         got = error.get("input")
         suffix = "" if error["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {got!r})"
@@ -386,4 +422,4 @@ def validate_tree(tree: dict[str, Any], where: str) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, where)) from exc
+        raise ConfigError(format_validation_error(exc, where)) from exc

@@ -22,6 +22,8 @@ from training.errors import ConvergenceFailure, NonFiniteMetric, ParamError
 __all__ = [
     "METRICS",
     "METRIC_DIRECTIONS",
+    "PARAM_CONSTRAINTS",
+    "Interval",
     "ElasticNetParams",
     "Metrics",
     "PreparedSplit",
@@ -45,6 +47,42 @@ METRICS: tuple[str, ...] = tuple(METRIC_DIRECTIONS)
 
 
 @dataclass(frozen=True)
+class Interval:
+    """What values an ElasticNet parameter accepts, in scikit-learn's terms: a type and a closed range."""
+
+    kind: Literal["float", "int"]
+    low: float
+    high: float | None = None
+
+    def admits(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, Integral if self.kind == "int" else Real):
+            return False
+        number = float(value)
+        return math.isfinite(number) and number >= self.low and (self.high is None or number <= self.high)
+
+    def describe(self) -> str:
+        low = int(self.low) if self.kind == "int" else self.low
+        high = "inf)" if self.high is None else f"{self.high}]"
+        return f"{'an int' if self.kind == 'int' else 'a float'} in the range [{low}, {high}"
+
+    def problem(self, name: str, value: object) -> str | None:
+        """sklearn's message when `value` is not admitted, else None."""
+        if self.admits(value):
+            return None
+        return f"The '{name}' parameter of ElasticNet must be {self.describe()}. Got {value!r} instead."
+
+
+# ElasticNet's parameter constraints, declared once: checked on every ElasticNetParams and, before
+# any trial runs, against a sweep's search space.
+PARAM_CONSTRAINTS: dict[str, Interval] = {
+    "alpha": Interval("float", 0.0),
+    "l1_ratio": Interval("float", 0.0, 1.0),
+    "max_iter": Interval("int", 1),
+    "tol": Interval("float", 0.0),
+}
+
+
+@dataclass(frozen=True)
 class ElasticNetParams:
     """ElasticNet hyperparameters, checked against its constraints on creation."""
 
@@ -54,33 +92,13 @@ class ElasticNetParams:
     tol: float = 1e-4
 
     def __post_init__(self) -> None:
-        _check_real("alpha", self.alpha, low=0.0, high=None)
-        _check_real("l1_ratio", self.l1_ratio, low=0.0, high=1.0)
-        _check_real("tol", self.tol, low=0.0, high=None)
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, Integral) or self.max_iter < 1:
-            raise ParamError(
-                "The 'max_iter' parameter of ElasticNet must be an int in the range [1, inf). "
-                f"Got {self.max_iter!r} instead."
-            )
+        for name, constraint in PARAM_CONSTRAINTS.items():
+            problem = constraint.problem(name, getattr(self, name))
+            if problem:
+                raise ParamError(problem)
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
-
-
-def _check_real(name: str, value: object, low: float, high: float | None) -> None:
-    interval = f"[{low}, {'inf)' if high is None else f'{high}]'}"
-    ok = (
-        isinstance(value, Real)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-        and float(value) >= low
-        and (high is None or float(value) <= high)
-    )
-    if not ok:
-        raise ParamError(
-            f"The '{name}' parameter of ElasticNet must be a float in the range {interval}. "
-            f"Got {value!r} instead."
-        )
 
 
 @dataclass(frozen=True)

@@ -175,8 +175,26 @@ RULES = [
         r"split: `validation \+ test < 1` must hold, but got \(validation=0\.6, test=0\.5\)\.",
     ),
     ("split: {validation: 0}\n", r"split\.validation: Input should be greater than 0 \(got 0\)"),
-    ("model: {l1_ratio: 1.5}\n", r"model\.l1_ratio: Input should be less than or equal to 1 \(got 1\.5\)"),
-    ("model: {max_iter: 0}\n", r"model\.max_iter: Input should be greater than or equal to 1 \(got 0\)"),
+    (
+        "model: {l1_ratio: 1.5}\n",
+        r"model\.l1_ratio: The 'l1_ratio' parameter of ElasticNet must be a float in the range \[0\.0, 1\.0\]\. "
+        r"Got 1\.5 instead\.",
+    ),
+    (
+        "model: {max_iter: 0}\n",
+        r"model\.max_iter: The 'max_iter' parameter of ElasticNet must be an int in the range \[1, inf\)\. "
+        r"Got 0 instead\.",
+    ),
+    (
+        "sweep:\n  search_space:\n    alpha: {type: uniform, low: -5, high: -1}\n",
+        r"sweep\.search_space: search_space\.alpha reaches outside what ElasticNet accepts, so its trials would fail: "
+        r"The 'alpha' parameter of ElasticNet must be a float in the range \[0\.0, inf\)\. Got -5\.0 instead\.",
+    ),
+    (
+        "sweep:\n  search_space:\n    l1_ratio: {type: choice, choices: [0.5, 2]}\n",
+        r"sweep\.search_space: search_space\.l1_ratio reaches outside what ElasticNet accepts, so its trials would "
+        r"fail: The 'l1_ratio' parameter of ElasticNet must be a float in the range \[0\.0, 1\.0\]\. Got 2 instead\.",
+    ),
     ("data: {wine: rose}\n", r"data\.wine: Input should be 'red', 'white' or 'both' \(got 'rose'\)"),
     ("data: {invalid_rows: ignore}\n", r"data\.invalid_rows: Input should be 'error' or 'drop' \(got 'ignore'\)"),
     ("serve: {port: 70000}\n", r"serve\.port: Input should be less than or equal to 65535 \(got 70000\)"),
@@ -269,7 +287,7 @@ def test_override_reaches_into_a_search_space() -> None:
 
 def test_overrides_are_validated_the_same_way() -> None:
     where = re.escape(f"{DEFAULT_CONFIG} with overrides ['alpha=-1']")
-    message = r"model\.alpha: Input should be greater than or equal to 0 \(got -1\)"
+    message = r"model\.alpha: The 'alpha' parameter of ElasticNet must be a float in the range \[0\.0, inf\)\. Got -1"
     with pytest.raises(ConfigError, match=rf"^{where}: {message}"):
         load_config(None, ["alpha=-1"])
     with pytest.raises(ConfigError, match=r"with overrides \['wine=red'\]: wine: Extra inputs are not permitted"):
