@@ -13,7 +13,10 @@ def train(
     overrides: OverridesArg = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train one ElasticNet with chosen params (e.g. `alpha=0.5 l1_ratio=0.1`) and log it to MLflow."""
+    """Train one ElasticNet with chosen params (e.g. `alpha=0.5 l1_ratio=0.1`) and log it to MLflow.
+
+    With tracking.enabled=false the run is scored and shown, and nothing is logged.
+    """
     from sweeps.tracking.single_run import train_once
 
     def body() -> None:
@@ -22,12 +25,15 @@ def train(
         if as_json:
             print_json(result.__dict__)
             return
-        table = Table(title=f"run {result.run_id}", show_header=False)
+        title = f"run {result.run_id}" if result.run_id else "untracked run (tracking.enabled=false: nothing logged)"
+        table = Table(title=title, show_header=False)
         for name, value in result.metrics.items():
             table.add_row(name, f"{value:.4g}")
         table.add_row("dataset digest", result.dataset_digest)
-        table.add_row("model", result.model_uri)
+        if result.model_uri:
+            table.add_row("model", result.model_uri)
         console.print(table)
-        console.print(f"open it with: mlflow ui --backend-store-uri {result.tracking_uri}")
+        if result.tracking_uri:
+            console.print(f"open it with: mlflow ui --backend-store-uri {result.tracking_uri}")
 
     guard(body)

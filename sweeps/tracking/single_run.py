@@ -1,4 +1,4 @@
-"""One training run with chosen params, logged to MLflow with its data, card and model."""
+"""One training run with chosen params, logged to MLflow with its data, card and model (unless tracking is off)."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where the run went and what it scored."""
+    """What the run scored and, when tracked, where it went (None for each place when tracking is off)."""
 
-    run_id: str
-    experiment_id: str
-    tracking_uri: str
-    model_uri: str
+    run_id: str | None
+    experiment_id: str | None
+    tracking_uri: str | None
+    model_uri: str | None
     metrics: dict[str, float]
     dataset_digest: str
 
@@ -43,7 +43,7 @@ def model_params(config: Config) -> ElasticNetParams:
 
 
 def train_once(config: Config, bundle: DataBundle | None = None) -> TrainResult:
-    """Fit on train, score on validation, and log everything to one MLflow run."""
+    """Fit on train, score on validation, and log everything to one MLflow run unless `tracking.enabled` is false."""
     params = model_params(config)
     bundle = bundle or load_data(config.data, config.split)
     features = list(bundle.split.features)
@@ -54,6 +54,8 @@ def train_once(config: Config, bundle: DataBundle | None = None) -> TrainResult:
     metrics = score(validation[TARGET].to_numpy(), pipeline.predict(validation[features]))
     metrics |= {"nonzero_coefs": float(nonzero_coefs(pipeline)), "fit_seconds": fit_seconds}
 
+    if not config.tracking.enabled:
+        return TrainResult(None, None, None, None, metrics, bundle.digest)
     uri = config.tracking.resolved_uri
     with use_tracking(uri) as client:
         experiment_id = ensure_experiment(client, config.tracking.experiment)
