@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: run test lint unit integration bench lock clean
+.PHONY: run serve ui test lint unit integration bench lock clean clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(BIN)/sweeps run $(ARGS)
+
+# Serve the champion that `make run` registered (ARGS: overrides or options, e.g. ARGS='--port 8001').
+serve: $(VENV)/.installed
+	$(BIN)/sweeps serve $(ARGS)
+
+# Browse the runs `make run` logged (./mlflow.db) at http://127.0.0.1:5000.
+ui: $(VENV)/.installed
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db $(ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
@@ -43,3 +51,7 @@ lock: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# What runs leave in this folder: the MLflow store and artifacts, sweep state and reports.
+clean-runs:
+	rm -rf mlflow.db mlflow.db-wal mlflow.db-shm mlartifacts mlruns sweeps-state reports dataset_card.json

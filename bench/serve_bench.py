@@ -77,6 +77,7 @@ def register_model(workdir: Path) -> tuple[str, str]:
     client = MlflowClient(uri, registry_uri=uri)
     client.create_experiment("wine-elasticnet", artifact_location=str(workdir / "artifacts"))
     result = train_once(load_config(overrides=[f"data.path={data_dir()}", f"tracking.uri={uri}", "data.wine=red"]))
+    assert result.model_uri is not None, "train_once logs the model when tracking is on"
     name = "wine-bench"
     with use_tracking(uri):
         client.create_registered_model(name)

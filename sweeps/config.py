@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -35,8 +37,10 @@ __all__ = [
     "TrackingConfig",
     "WeightedPolicy",
     "apply_overrides",
+    "config_origin",
     "format_validation_error",
     "load_config",
+    "remember_origin",
     "validate_tree",
 ]
 
@@ -290,6 +294,13 @@ class RegistryConfig(_Strict):
     model_name: str = Field("wine-elasticnet", min_length=1)
     policy: Policy = Field(default_factory=lambda: KneePolicy(kind="knee"))
     promote_metric: Metric = "rmse"
+    min_improvement: float = Field(
+        0.001,
+        ge=0,
+        allow_inf_nan=False,
+        description="A challenger becomes champion only when its test promote_metric beats the champion's by more "
+        "than this fraction of the champion's value (0.001 = 0.1%); 0 promotes any strict improvement.",
+    )
 
 
 class ServeConfig(_Strict):
@@ -365,8 +376,38 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({_yaml_problem(exc)}).") from exc
+        text_field = _text_field(key)
+        if text_field is not None and value is not None and not isinstance(value, str):
+            value = raw.strip()  # `sweep.name=off` is the name "off", not the boolean YAML reads
+        elif text_field is False and value is None and raw.strip():
+            value = raw.strip()  # a name that cannot be unset: `registry.model_name=null` is "null"
         _set_dotted(tree, key, value)
     return tree
+
+
+def _text_field(dotted: str) -> bool | None:
+    """Whether the field at `dotted` takes text (True: also null, False: text only); None for any other type.
+
+    YAML reads `off`, `yes`, `no`, `on`, `true`, dates and numbers as other types; a field that
+    takes only text keeps the value as written, while `data.drop_duplicates=false` stays a boolean.
+    """
+    model: type[BaseModel] = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        if i < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return None
+            model = annotation
+            continue
+        args = set(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else {annotation}
+        kinds = args - {type(None)}
+        if kinds and kinds <= {str, Path}:
+            return type(None) in args
+    return None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -418,8 +459,29 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
 
 
 def validate_tree(tree: dict[str, Any], where: str) -> Config:
-    """Validate a raw config tree; every error names `where` (the file, or what the tree came from) and the field."""
+    """Validate a raw config tree; every error names `where` (the file, or what the tree came from) and the field.
+
+    `where` stays with the Config as its origin (`config_origin`), so later errors can name it.
+    """
     try:
-        return Config.model_validate(tree)
+        return remember_origin(Config.model_validate(tree), where)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from exc
+
+
+# Where each live Config came from ("configs/multi.yaml with overrides [...]"), by object identity:
+# a Config is frozen and compared by value, so its origin is kept beside it, not in it.
+_ORIGINS: dict[int, str] = {}
+
+
+def remember_origin(config: Config, where: str) -> Config:
+    """Record `where` as the origin of `config` (kept while `config` lives); returns `config`."""
+    if id(config) not in _ORIGINS:
+        weakref.finalize(config, _ORIGINS.pop, id(config), None)
+    _ORIGINS[id(config)] = where
+    return config
+
+
+def config_origin(config: Config) -> str | None:
+    """The file (and overrides) `config` was loaded from, as its loader named it; None when built otherwise."""
+    return _ORIGINS.get(id(config))

@@ -1,6 +1,40 @@
-"""Errors of the orchestration layer, under the project's one root `SweepsError`."""
+"""The project's errors, in one tree; each class carries the CLI's exit code as data (`exit_code`).
+
+The CLI catches `PROJECT_ERRORS` and exits with the error's `exit_code`: 2 when the input is at
+fault (command line, config, data, a request), 1 when a run started and failed, 130 when it
+was interrupted. The pure-ML layer keeps its errors in `training.errors` under a root of its
+own (it never imports `sweeps`); they are re-exported here.
+
+    class                       exit  raised when
+    SweepsError                   1   root of the orchestration's errors
+      UsageError                  2   the command line or environment asks for the impossible
+        ConfigError               2   a config file or override is invalid (names file and field)
+        SelectionError            2   no trial can be selected, or the policy is bad
+        RegistryError             2   a registry request cannot be carried out
+          ModelNotFound           2   no such registered model, alias or version
+        UnsupportedModel          2   a model version the endpoint cannot serve
+      RunFailed                   1   a run started and could not finish
+        MonitorError              1   the endpoint could not be read, or disagrees with the registry
+        PlotUnavailable           1   a figure cannot be drawn from these trials
+      ProtocolError               2   an HTTP request the endpoint refuses (`status` 400)
+        BadRequest                2   400, not a well-formed scoring request
+        InvalidInput              2   400, rows that do not fit the model's signature
+        PayloadTooLarge           2   413, over a size limit
+        UnsupportedMediaType      2   415, a Content-Type the endpoint does not read
+        NotFound                  2   404 (or 405), no such path or method
+        ServiceUnavailable        1   503, no model loaded yet
+      Interrupted               130   stopped by the user before it finished (resumable)
+    TrainingError                 1   root of the pure-ML layer's errors (training.errors)
+      DataError                   2   a data file or source is unusable
+      ParamError                  2   a model parameter breaks ElasticNet's rules (a ValueError too)
+      ObjectiveError              1   an evaluation produced no usable result
+        NonFiniteMetric           1   a metric came out NaN or infinite
+        ConvergenceFailure        1   the solver did not converge within max_iter
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from training.errors import (
     ConvergenceFailure,
@@ -8,34 +42,180 @@ from training.errors import (
     NonFiniteMetric,
     ObjectiveError,
     ParamError,
-    SweepsError,
+    TrainingError,
 )
 
 __all__ = [
+    "PROJECT_ERRORS",
+    "BadRequest",
     "ConfigError",
     "ConvergenceFailure",
     "DataError",
+    "Interrupted",
+    "InvalidInput",
+    "ModelNotFound",
+    "MonitorError",
     "NonFiniteMetric",
+    "NotFound",
     "ObjectiveError",
     "ParamError",
+    "PayloadTooLarge",
+    "PlotUnavailable",
+    "ProtocolError",
+    "RegistryError",
     "RunFailed",
     "SelectionError",
+    "ServiceUnavailable",
     "SweepsError",
+    "TrainingError",
+    "UnsupportedMediaType",
+    "UnsupportedModel",
     "UsageError",
 ]
 
 
-class ConfigError(SweepsError):
-    """A config file or override is invalid; the message names the file and field path."""
+class SweepsError(Exception):
+    """Root of every error the orchestration layer raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+
+# The roots the CLI catches: everything the project raises on purpose, and nothing else.
+PROJECT_ERRORS: tuple[type[SweepsError], type[TrainingError]] = (SweepsError, TrainingError)
+
+
+# --- usage: the input is at fault (exit 2) -----------------------------------------------------
 
 
 class UsageError(SweepsError):
-    """The command line or environment asks for something impossible (exit code 2)."""
+    """The command line or environment asks for something impossible."""
+
+    exit_code: ClassVar[int] = 2
 
 
-class RunFailed(SweepsError):
-    """A run started but could not finish (exit code 1)."""
+class ConfigError(UsageError):
+    """A config file or override is invalid; the message names the file and field path."""
+
+    exit_code: ClassVar[int] = 2
 
 
 class SelectionError(UsageError):
     """No trial can be selected: none usable, none satisfying the constraints, or a bad policy."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class RegistryError(UsageError):
+    """A registry request cannot be carried out: unknown model or version, no alias to move."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class ModelNotFound(RegistryError):
+    """The registry has no such model, alias or version (yet)."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class UnsupportedModel(UsageError):
+    """The model version cannot be served by this endpoint (signature or flavor)."""
+
+    exit_code: ClassVar[int] = 2
+
+
+# --- a run started and failed (exit 1) ---------------------------------------------------------
+
+
+class RunFailed(SweepsError):
+    """A run started but could not finish."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class MonitorError(RunFailed):
+    """The endpoint could not be read, or does not match the registry it claims to serve."""
+
+    exit_code: ClassVar[int] = 1
+
+
+class PlotUnavailable(RunFailed):
+    """A figure cannot be drawn from these trials; the message says why (the report shows it)."""
+
+    exit_code: ClassVar[int] = 1
+
+
+# --- HTTP: a request the endpoint refuses; `status` and `error_code` go to the client ----------
+
+
+class ProtocolError(SweepsError):
+    """A request the endpoint refuses; `status` and `error_code` go to the client as they are."""
+
+    exit_code: ClassVar[int] = 2
+    status: int = 400
+    error_code: str = "BAD_REQUEST"
+
+    def __init__(self, message: str, *, error_code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if error_code is not None:
+            self.error_code = error_code
+
+    def to_json(self) -> dict[str, str]:
+        return {"error_code": self.error_code, "message": self.message}
+
+
+class BadRequest(ProtocolError):
+    """The body is not a well-formed scoring request (400)."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class InvalidInput(ProtocolError):
+    """The request is well formed but its rows do not fit the model's signature (400)."""
+
+    exit_code: ClassVar[int] = 2
+    error_code = "INVALID_PARAMETER_VALUE"
+
+
+class PayloadTooLarge(ProtocolError):
+    """The body or the number of rows exceeds a configured limit (413)."""
+
+    exit_code: ClassVar[int] = 2
+    status = 413
+    error_code = "RESOURCE_LIMIT_EXCEEDED"
+
+
+class UnsupportedMediaType(ProtocolError):
+    """The Content-Type is not one the endpoint reads (415)."""
+
+    exit_code: ClassVar[int] = 2
+    status = 415
+
+
+class NotFound(ProtocolError):
+    """No such path, or the wrong method for it (404 or 405)."""
+
+    exit_code: ClassVar[int] = 2
+    status = 404
+    error_code = "ENDPOINT_NOT_FOUND"
+
+    def __init__(self, message: str, *, status: int = 404) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServiceUnavailable(ProtocolError):
+    """No model is loaded yet (503): the service, not the request, is at fault."""
+
+    exit_code: ClassVar[int] = 1
+    status = 503
+    error_code = "TEMPORARILY_UNAVAILABLE"
+
+
+# --- interrupted (exit 130, as a shell reports Ctrl+C) -----------------------------------------
+
+
+class Interrupted(SweepsError):
+    """The user stopped the command before it finished; what was recorded is kept, and it resumes."""
+
+    exit_code: ClassVar[int] = 130

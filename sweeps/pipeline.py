@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.config import Config
+from sweeps.config import Config, SweepConfig
 from sweeps.dataset import DataBundle, load_data
 from sweeps.sweep.engine import Progress, SweepOutcome, resolve_sweep_name, run_sweep
 
@@ -18,24 +19,39 @@ if TYPE_CHECKING:  # MLflow-heavy modules stay out of the import until selection
     from sweeps.registry.promotion import SelectionReport
     from sweeps.registry.versions import VersionInfo
 
-__all__ = ["PipelineResult", "Progress", "champion_of", "champion_payload", "run", "select", "sweep"]
+__all__ = [
+    "PipelineResult",
+    "Progress",
+    "champion_of",
+    "champion_payload",
+    "run",
+    "select",
+    "select_command",
+    "sweep",
+]
 
 ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """What one run of the job produced; `selection` and `champion` are absent when it stopped after the sweep."""
+    """What one run of the job produced; `selection` and `champion` are absent when it stopped after the sweep.
+
+    `not_registered` says why selection was skipped when the user must act on it (tracking off).
+    """
 
     outcome: SweepOutcome
     selection: SelectionReport | None = None
     champion: VersionInfo | None = None
+    not_registered: str | None = None
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary for `--json`."""
         payload = self.outcome.summary()
         if self.selection is not None:
             payload |= {"selection": self.selection.summary(), "champion": champion_payload(self.champion)}
+        if self.not_registered is not None:
+            payload |= {"selection": None, "not_registered": self.not_registered}
         return payload
 
 
@@ -78,11 +94,36 @@ def champion_payload(champion: VersionInfo | None) -> dict[str, Any] | None:
 def select(
     config: Config, outcome: SweepOutcome, *, force: bool = False, bundle: DataBundle | None = None
 ) -> PipelineResult:
-    """Choose, refit, test, register and promote the sweep's winner; returns it with the champion after."""
+    """Choose, refit, test, register and promote the sweep's winner; returns it with the champion after.
+
+    Registration writes an MLflow store, so `tracking.enabled` false is refused (UsageError, exit 2).
+    """
     from sweeps.registry.promotion import select_and_register
 
     report = select_and_register(config, outcome, force=force, bundle=bundle)
     return PipelineResult(outcome, report, champion_of(report.tracking_uri, report.model_name))
+
+
+def select_command(config: Config, name: str) -> str:
+    """The `sweeps select` command that registers sweep `name` in an MLflow store, tracking switched on."""
+    storage = Path(config.sweep.storage).resolve()
+    default = Path(SweepConfig.model_fields["storage"].default).resolve()
+    where = "" if storage == default else f" --storage {storage}"
+    store = f" tracking.uri={config.tracking.uri}" if config.tracking.uri else ""
+    return f"sweeps select {name}{where} tracking.enabled=true{store}"
+
+
+def _untracked_note(config: Config, name: str) -> str:
+    store = (
+        ""
+        if config.tracking.uri
+        else " (add tracking.uri=URI to choose the store; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+        "in the current folder)"
+    )
+    return (
+        "Not selected or registered: tracking.enabled=false, and registration needs an MLflow store, so "
+        f"nothing was written to one. To register this sweep's winner: {select_command(config, name)}{store}"
+    )
 
 
 def run(
@@ -92,9 +133,15 @@ def run(
     on_progress: ProgressCallback | None = None,
     sweep_only: bool = False,
 ) -> PipelineResult:
-    """The whole job; an interrupted sweep (or `sweep_only`) stops before selection."""
+    """The whole job; an interrupted sweep (or `sweep_only`) stops before selection.
+
+    With `tracking.enabled` false the sweep runs untracked and stops there too: registration
+    needs an MLflow store, and an untracked run writes none. `not_registered` says how to go on.
+    """
     bundle = load_data(config.data, config.split)
     outcome = sweep(config, address=address, on_progress=on_progress, bundle=bundle)
     if sweep_only or outcome.status == "interrupted":
         return PipelineResult(outcome)
+    if not config.tracking.enabled:
+        return PipelineResult(outcome, not_registered=_untracked_note(config, outcome.name))
     return select(config, outcome, bundle=bundle)

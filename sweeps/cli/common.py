@@ -8,13 +8,15 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from sweeps import __version__
 from sweeps.config import Config, load_config
-from sweeps.errors import ConfigError, DataError, ParamError, SweepsError, UsageError
+from sweeps.errors import PROJECT_ERRORS, Interrupted, SweepsError, TrainingError
 
 __all__ = [
     "ConfigOption",
@@ -41,7 +43,7 @@ err_console = Console(stderr=True)
 _state = {"debug": False}
 
 T = TypeVar("T")
-USAGE_ERRORS = (ConfigError, DataError, ParamError, UsageError)
+_KINDS = {1: "run failed", 2: "error", 130: "interrupted"}  # first word of the message, by exit code
 
 ConfigOption = Annotated[
     Path | None,
@@ -62,9 +64,19 @@ StorageOption = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sweeps {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     logging.basicConfig(
@@ -74,16 +86,25 @@ def _root(
 
 
 def guard(action: Callable[[], T]) -> T:
-    """Run a command body: exit 2 on usage/config/data errors, 1 on a failed run."""
+    """Run a command body; an error of the project exits with its class's `exit_code`, on one line.
+
+    A Ctrl+C that reaches here (a command without its own handling) is `Interrupted`: exit 130.
+    """
     try:
         return action()
-    except SweepsError as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        code = 2 if isinstance(exc, USAGE_ERRORS) else 1
-        kind = "error" if code == 2 else "run failed"
-        err_console.print(f"[red]{kind}:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(code) from None
+    except PROJECT_ERRORS as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        _fail(Interrupted("stopped by Ctrl+C before it finished."))
+
+
+def _fail(exc: SweepsError | TrainingError) -> NoReturn:
+    if _state["debug"]:
+        traceback.print_exc()
+    kind = _KINDS.get(exc.exit_code, "error")
+    # The message is text, not markup: a metric list such as [r2] must print as it is.
+    err_console.print(f"[red]{kind}:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(exc.exit_code) from None
 
 
 def load(config: Path | None, overrides: list[str] | None) -> Config:

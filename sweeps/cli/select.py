@@ -48,16 +48,22 @@ def select(
     as `challenger` and promote it to `champion` if it beats the current one.
 
     The sweep's stored config decides; overrides may change only registry.*, tracking.* and the data location.
+    A sweep run with tracking.enabled=false needs the override tracking.enabled=true: registration writes a store.
     """
     from sweeps import pipeline
+    from sweeps.registry.promotion import require_store
     from sweeps.selection.refit import selection_config
     from sweeps.sweep.engine import load_outcome
     from sweeps.sweep.state import SweepState
 
     def body() -> None:
         extra = list(overrides or [])
-        root = (storage or Path(load(config, extra).sweep.storage)).resolve()
+        # Only the storage is read from --config: the overrides apply to the sweep's stored config,
+        # and an error in them names that config's file, not this one.
+        located = [o for o in extra if o.partition("=")[0].strip() == "sweep.storage"]
+        root = (storage or Path(load(config, located).sweep.storage)).resolve()
         cfg = selection_config(SweepState(root, name).config(), extra)
+        require_store(cfg, name)  # tracking off: refused before the journal is read
         outcome = load_outcome(root, name)
         result = pipeline.select(cfg, outcome, force=force)
         report = result.selection
@@ -122,15 +128,33 @@ def _render_lineage(lineage: Lineage) -> None:
         say(f"Absent links: {', '.join(absent)} (see details above).")
     if not lineage.monitoring:
         say("Monitoring: no monitoring runs for this version yet (serve it, then `sweeps monitor`).")
+    else:
+        runs = Table(title=f"Monitoring runs of version {lineage.version} (newest first)")
+        for column in ("run", "endpoint", "requests", "errors", "error rate", "latency p50 / p99"):
+            runs.add_column(column)
+        for run in lineage.monitoring:
+            m = run["metrics"]
+            get = lambda key, m=m: cell(m[key]) if key in m else "-"  # noqa: E731
+            runs.add_row(run["run_id"], str(run["endpoint"] or "-"), get("requests"), get("errors"),
+                         get("error_rate"), f"{get('latency_p50_ms')} / {get('latency_p99_ms')}")
+        console.print(runs)
+    _render_batch_scoring(lineage)
+
+
+def _render_batch_scoring(lineage: Lineage) -> None:
+    if not lineage.batch_scoring:
+        console.print("Batch scoring: no batch-scoring runs for this version yet (`sweeps predict`).", highlight=False)
         return
-    runs = Table(title=f"Monitoring runs of version {lineage.version} (newest first)")
-    for column in ("run", "endpoint", "requests", "errors", "error rate", "latency p50 / p99"):
-        runs.add_column(column)
-    for run in lineage.monitoring:
+    runs = Table(title=f"Batch-scoring runs of version {lineage.version} (newest first)")
+    for column in ("run", "status", "input", "output", "rows in / out / bad", "rows/s"):
+        runs.add_column(column, overflow="fold")
+    for run in lineage.batch_scoring:
         m = run["metrics"]
-        get = lambda key, m=m: cell(m[key]) if key in m else "-"  # noqa: E731
-        runs.add_row(run["run_id"], str(run["endpoint"] or "-"), get("requests"), get("errors"), get("error_rate"),
-                     f"{get('latency_p50_ms')} / {get('latency_p99_ms')}")
+        counts = " / ".join(f"{int(m[k]):,}" if k in m else "-" for k in ("rows_in", "rows_out", "rows_bad"))
+        speed = f"{m['rows_per_s']:,.0f}" if "rows_per_s" in m else "-"
+        source = f"{run['input']} ({(run['input_digest'] or '-')[:19]})"
+        target = f"{run['output']}" + (f" (errors: {run['errors']})" if run["errors"] else "")
+        runs.add_row(run["run_id"], run["status"], source, target, counts, speed)
     console.print(runs)
 
 
@@ -148,7 +172,7 @@ def lineage(
     as_json: JsonOption = False,
 ) -> None:
     """Trace a registered version back: selection run -> trial run -> sweep run -> dataset -> config,
-    and list its monitoring runs."""
+    and list its monitoring and batch-scoring runs."""
     from mlflow.exceptions import MlflowException
 
     from sweeps.errors import RunFailed

@@ -10,11 +10,12 @@ from types import FrameType
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from sweeps.cli.common import ConfigOption, JsonOption, OverridesArg, app, console, guard, load, print_json
-from sweeps.config import Config
-from sweeps.errors import UsageError
+from sweeps.config import Config, ServeConfig, format_validation_error
+from sweeps.errors import ConfigError, UsageError
 
 ModelOption = Annotated[
     str | None,
@@ -40,6 +41,20 @@ def _check_port_free(host: str, port: int) -> None:
             raise UsageError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port.") from None
 
 
+def _serve_options(cfg: Config, host: str | None, port: int | None) -> ServeConfig:
+    """`serve` of the config with --host and --port applied; a bad value is a ConfigError naming the option."""
+    options: dict[str, str | int] = {}
+    if host is not None:
+        options["host"] = host
+    if port is not None:
+        options["port"] = port
+    try:
+        return ServeConfig.model_validate(cfg.serve.model_dump() | options)
+    except ValidationError as exc:
+        where = "command line " + " ".join(f"--{k} {v}" for k, v in options.items())
+        raise ConfigError(format_validation_error(exc, where, section="serve")) from exc
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -58,23 +73,21 @@ def serve(
     The alias is re-read every serve.alias_poll_s seconds: after `sweeps promote` the endpoint
     switches to the new version without failing requests in flight.
     """
-    from mlflow import MlflowClient
-
-    from sweeps.registry.versions import parse_model_uri, resolve_version
-    from sweeps.serving.app import AppArgs, absolute_tracking_uri
-    from sweeps.serving.service import Endpoint
 
     def body() -> None:
         cfg = load(config, overrides)
+        checked = _serve_options(cfg, host, port)  # a bad option fails before MLflow and Ray Serve import
+
+        from mlflow import MlflowClient
+
+        from sweeps.registry.versions import parse_model_uri, resolve_version
+        from sweeps.serving.app import AppArgs, absolute_tracking_uri
+        from sweeps.serving.service import Endpoint
+
         uri = _model_uri(cfg, model)
         ref = parse_model_uri(uri)
         tracking_uri = absolute_tracking_uri(cfg.tracking.resolved_uri)
-        updates: dict[str, str | int] = {"model_uri": uri, "tracking_uri": tracking_uri}
-        if host is not None:
-            updates["host"] = host
-        if port is not None:
-            updates["port"] = port
-        settings = AppArgs.model_validate(cfg.serve.model_dump() | updates)
+        settings = AppArgs.model_validate(checked.model_dump() | {"model_uri": uri, "tracking_uri": tracking_uri})
         # Fail in milliseconds, before Ray starts, if the registry has nothing to serve.
         version = resolve_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), ref)
         if address is None and not os.environ.get("RAY_ADDRESS"):

@@ -24,6 +24,7 @@ from sweeps.cli.common import (
     storage_root,
 )
 from sweeps.cli.render import render_champion, render_selection
+from sweeps.errors import Interrupted
 
 if TYPE_CHECKING:
     from sweeps.sweep.engine import Progress as Snapshot
@@ -36,7 +37,6 @@ AddressOption = Annotated[
     typer.Option("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).", show_default=False),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-INTERRUPTED_EXIT = 130
 
 
 def _progress_bar(quiet: bool, to_stderr: bool) -> Progress | None:
@@ -99,15 +99,13 @@ def render_outcome(outcome: SweepOutcome) -> None:
 
 
 def finish(outcome: SweepOutcome, as_json: bool) -> None:
-    """Render the outcome and exit 130 when the sweep was interrupted."""
+    """Render the outcome; `Interrupted` (exit 130, via `guard`) when the sweep was interrupted."""
     if as_json:
         print_json(outcome.summary())
     else:
         render_outcome(outcome)
     if outcome.status == "interrupted":
-        hint = f"interrupted: continue with `sweeps resume {outcome.name}` (or the same command again)"
-        (err_console if as_json else console).print(hint)
-        raise typer.Exit(INTERRUPTED_EXIT)
+        raise Interrupted(f"continue with `sweeps resume {outcome.name}` (or the same command again).")
 
 
 @app.command()
@@ -133,6 +131,14 @@ def run(
             quiet, as_json, lambda on_progress: pipeline.run(cfg, address=address, on_progress=on_progress,
                                                              sweep_only=sweep_only)
         )
+        if result.not_registered is not None:  # tracking off: swept, nothing registered, say how to
+            if as_json:
+                print_json(result.summary())
+            else:
+                render_outcome(result.outcome)
+            (err_console if as_json else console).print(result.not_registered, markup=False, highlight=False,
+                                                        soft_wrap=True)
+            return
         if result.selection is None:
             finish(result.outcome, as_json)
             return
@@ -168,7 +174,8 @@ def resume(
         )
         finish(outcome, as_json)
         if not as_json:
-            console.print(f"select and register its winner with `sweeps select {name}`")
+            command = f"sweeps select {name}" if stored.tracking.enabled else pipeline.select_command(stored, name)
+            console.print(f"select and register its winner with `{command}`", markup=False, highlight=False)
 
     guard(body)
 

@@ -23,7 +23,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Run, RunTag
 from mlflow.exceptions import MlflowException
 
-from sweeps.errors import RunFailed, UsageError
+from sweeps.errors import MonitorError, UsageError
 from sweeps.tracking.names import (
     KIND_MONITOR,
     SNAPSHOT_ARTIFACT,
@@ -37,7 +37,6 @@ from sweeps.tracking.names import (
 )
 
 __all__ = [
-    "MonitorError",
     "MonitorRecord",
     "fetch_monitoring",
     "monitoring_metrics",
@@ -47,11 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-
-class MonitorError(RunFailed):
-    """The endpoint could not be read, or does not match the registry it claims to serve."""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ tracking disabled, runs deleted, artifacts missing) is reported as absent with t
 guessed. The sweep-side runs follow the tracking conventions: a parent run tagged
 `sweeps.kind=sweep` and one child run per trial tagged `sweeps.kind=trial` and
 `sweeps.trial_key=<sweep>-t00042`. Monitoring runs (`sweeps.kind=monitor`) show what the version
-did in service.
+did in service, batch-scoring runs (`sweeps.kind=batch-scoring`) which files it scored.
 """
 
 from __future__ import annotations
@@ -30,13 +30,19 @@ from sweeps.tracking.lookup import find_sweep_run, find_trial_run, search_runs
 from sweeps.tracking.names import (
     CARD_ARTIFACT,
     CONFIG_ARTIFACT,
+    KIND_BATCH,
     KIND_MONITOR,
     KIND_SELECTION,
+    TAG_BAD_ROWS,
     TAG_DIGEST,
     TAG_ENDPOINT,
+    TAG_ERRORS_PATH,
+    TAG_INPUT_DIGEST,
+    TAG_INPUT_PATH,
     TAG_KIND,
     TAG_MODEL_NAME,
     TAG_MODEL_VERSION,
+    TAG_OUTPUT_PATH,
     TAG_PARENT,
     TAG_POLICY,
     TAG_SWEEP,
@@ -66,7 +72,7 @@ class Link:
 
 @dataclass(frozen=True)
 class Lineage:
-    """The chain of one registered version, its digest check and its monitoring runs."""
+    """The chain of one registered version, its digest check, its monitoring and batch-scoring runs."""
 
     model_uri: str
     name: str
@@ -74,6 +80,7 @@ class Lineage:
     links: tuple[Link, ...]
     monitoring: tuple[dict[str, Any], ...]
     digests: dict[str, str]
+    batch_scoring: tuple[dict[str, Any], ...] = ()
 
     @property
     def digest_consistent(self) -> bool:
@@ -235,13 +242,37 @@ def _config_link(client: MlflowClient, runs: list[Run], storage_root: Path | Non
     return _absent("config", f"no {CONFIG_ARTIFACT} artifact in the chain{where}")
 
 
-def _monitoring(client: MlflowClient, name: str, version: int) -> list[dict[str, Any]]:
+def _version_runs(client: MlflowClient, kind: str, name: str, version: int) -> list[Run]:
+    """Runs of `kind` about one model version, in any experiment, newest first."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    wanted = {TAG_KIND: KIND_MONITOR, TAG_MODEL_NAME: name, TAG_MODEL_VERSION: str(version)}
+    wanted = {TAG_KIND: kind, TAG_MODEL_NAME: name, TAG_MODEL_VERSION: str(version)}
     runs: list[Run] = []
     for start in range(0, len(experiments), 100):  # search_runs takes a bounded list of experiments
         runs += search_runs(client, experiments[start : start + 100], wanted)
     runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    return runs
+
+
+def _batch_scoring(client: MlflowClient, name: str, version: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": r.info.run_id,
+            "experiment_id": r.info.experiment_id,
+            "start_time": r.info.start_time,
+            "status": r.info.status,
+            "input": r.data.tags.get(TAG_INPUT_PATH),
+            "input_digest": r.data.tags.get(TAG_INPUT_DIGEST),
+            "output": r.data.tags.get(TAG_OUTPUT_PATH),
+            "errors": r.data.tags.get(TAG_ERRORS_PATH),
+            "bad_rows": r.data.tags.get(TAG_BAD_ROWS),
+            "metrics": dict(sorted(r.data.metrics.items())),
+        }
+        for r in _version_runs(client, KIND_BATCH, name, version)
+    ]
+
+
+def _monitoring(client: MlflowClient, name: str, version: int) -> list[dict[str, Any]]:
+    runs = _version_runs(client, KIND_MONITOR, name, version)
     return [
         {
             "run_id": r.info.run_id,
@@ -331,4 +362,5 @@ def resolve_lineage(client: MlflowClient, model_uri: str, *, storage_root: Path 
         ),
         monitoring=tuple(_monitoring(client, version.name, number)),
         digests=digests,
+        batch_scoring=tuple(_batch_scoring(client, version.name, number)),
     )

@@ -23,11 +23,20 @@ from mlflow.models import infer_signature
 
 from sweeps.config import Config
 from sweeps.dataset import DataBundle, load_data
-from sweeps.errors import UsageError
+from sweeps.errors import SelectionError, UsageError
 from sweeps.records import TrialRecord
 from sweeps.registry.versions import PromotionResult, find_version, promote_if_better, register_version
 from sweeps.selection.policies import Selection
-from sweeps.selection.refit import RefitScore, choose, refit_and_score
+from sweeps.selection.refit import (
+    MAX_REFITS,
+    RefitScore,
+    candidates,
+    choose,
+    passed_over,
+    policy_origin,
+    refit_and_score,
+    refit_breaks_bounds,
+)
 from sweeps.sweep.engine import SweepOutcome
 from sweeps.tracking.client import ensure_experiment, mlflow_dataset, use_tracking
 from sweeps.tracking.lookup import find_sweep_run, find_trial_run
@@ -49,7 +58,7 @@ from sweeps.tracking.names import (
 from training.card import write_card
 from training.objective import METRIC_DIRECTIONS
 
-__all__ = ["SelectionReport", "select_and_register"]
+__all__ = ["SelectionReport", "require_store", "select_and_register"]
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +214,22 @@ def _tracking_links(client: MlflowClient, config: Config, record: TrialRecord, d
     return links
 
 
+def require_store(config: Config, sweep: str) -> str:
+    """The MLflow store selection registers in; UsageError when `tracking.enabled` is false.
+
+    Registration always writes a store; with tracking off it would land in a default
+    `./mlflow.db` of whatever folder the command ran in, so it is refused instead.
+    """
+    if not config.tracking.enabled:
+        raise UsageError(
+            f"selection registers a model in an MLflow store, so it needs tracking.enabled=true, but got "
+            f"tracking.enabled=false for sweep {sweep!r}: pass the override tracking.enabled=true (and "
+            f"tracking.uri=URI to choose the store; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in "
+            f"the current folder)."
+        )
+    return config.tracking.resolved_uri
+
+
 def select_and_register(
     config: Config, outcome: SweepOutcome, *, force: bool = False, bundle: DataBundle | None = None
 ) -> SelectionReport:
@@ -214,8 +239,8 @@ def select_and_register(
     A version already registered for the same sweep, policy, trial and data is reused, not
     registered again; the promotion gate still runs on it (idempotent for a champion).
     """
+    uri = require_store(config, outcome.name)
     selection = choose(outcome, config)
-    chosen = selection.chosen
     bundle = bundle or load_data(config.data, config.split)
     swept_digest = outcome.extra.get("dataset_digest")
     if swept_digest and swept_digest != bundle.digest:
@@ -225,34 +250,57 @@ def select_and_register(
         )
     name, metric = config.registry.model_name, config.registry.promote_metric
     direction = METRIC_DIRECTIONS[metric]
-    uri = config.tracking.resolved_uri
-    identity = {
-        TAG_SWEEP: chosen.sweep,
-        TAG_POLICY: selection.policy,
-        TAG_TRIAL: str(chosen.number),
-        TAG_DIGEST: bundle.digest,
-    }
+    margin = config.registry.min_improvement
+    tried = candidates(outcome, config, selection)
+    notes: list[str] = []  # candidates passed over: a bound of the policy broken after the refit
     with use_tracking(uri) as client:
-        existing = find_version(client, name, identity)
-        if existing is not None:
-            log.info("%s trial %s is already %s version %s", chosen.sweep, chosen.number, name, existing.version)
-            run = client.get_run(existing.run_id) if existing.run_id else None
-            run_tags = run.data.tags if run is not None else {}
-            promotion = promote_if_better(client, name, existing.version, metric, direction, force=force)
-            return SelectionReport(
-                name, int(existing.version), False, outcome.name, selection,
-                recorded_test_metrics(existing.tags), metric, promotion, bundle.digest, uri,
-                existing.run_id or None, run_tags.get(TAG_SWEEP_RUN), run_tags.get(TAG_TRIAL_RUN),
+        for record in tried:
+            identity = {
+                TAG_SWEEP: record.sweep,
+                TAG_POLICY: selection.policy,
+                TAG_TRIAL: str(record.number),
+                TAG_DIGEST: bundle.digest,
+            }
+            existing = find_version(client, name, identity)
+            if existing is not None:
+                recorded = recorded_test_metrics(existing.tags)
+                broken = refit_breaks_bounds(config, recorded)
+                if broken:
+                    notes.append(f"trial {record.number} (version {existing.version}: {', '.join(broken)})")
+                    continue
+                log.info("%s trial %s is already %s version %s", record.sweep, record.number, name, existing.version)
+                run = client.get_run(existing.run_id) if existing.run_id else None
+                run_tags = run.data.tags if run is not None else {}
+                promotion = promote_if_better(
+                    client, name, existing.version, metric, direction, force=force, min_improvement=margin
+                )
+                return SelectionReport(
+                    name, int(existing.version), False, outcome.name, passed_over(selection, record, notes),
+                    recorded, metric, promotion, bundle.digest, uri,
+                    existing.run_id or None, run_tags.get(TAG_SWEEP_RUN), run_tags.get(TAG_TRIAL_RUN),
+                )
+            refit = refit_and_score(config, bundle, record)
+            broken = refit_breaks_bounds(config, refit.test_metrics)
+            if broken:
+                notes.append(f"trial {record.number} ({', '.join(broken)})")
+                continue
+            selection = passed_over(selection, record, notes)
+            links = _tracking_links(client, config, record, bundle.digest)
+            run_id, model_uri = _log_selection_run(client, config, bundle, selection, refit, links)
+            tags = identity | {f"{TAG_TEST_PREFIX}{k}": repr(float(v)) for k, v in refit.test_metrics.items()}
+            version = register_version(
+                client, name, model_uri, run_id, tags=tags, description=_description(selection, refit, bundle.digest)
             )
-        refit = refit_and_score(config, bundle, chosen)
-        links = _tracking_links(client, config, chosen, bundle.digest)
-        run_id, model_uri = _log_selection_run(client, config, bundle, selection, refit, links)
-        tags = identity | {f"{TAG_TEST_PREFIX}{k}": repr(float(v)) for k, v in refit.test_metrics.items()}
-        version = register_version(
-            client, name, model_uri, run_id, tags=tags, description=_description(selection, refit, bundle.digest)
-        )
-        promotion = promote_if_better(client, name, version.version, metric, direction, force=force)
-    return SelectionReport(
-        name, int(version.version), True, outcome.name, selection, refit.test_metrics, metric, promotion,
-        bundle.digest, uri, run_id, links.get(TAG_SWEEP_RUN), links.get(TAG_TRIAL_RUN),
+            promotion = promote_if_better(
+                client, name, version.version, metric, direction, force=force, min_improvement=margin
+            )
+            return SelectionReport(
+                name, int(version.version), True, outcome.name, selection, refit.test_metrics, metric, promotion,
+                bundle.digest, uri, run_id, links.get(TAG_SWEEP_RUN), links.get(TAG_TRIAL_RUN),
+            )
+    raise SelectionError(
+        f"sweep {outcome.name!r}: {selection.policy}, but no candidate's refitted model keeps the bounds on the "
+        f"test split: tried {len(tried)} trial(s) in the policy's order (at most {MAX_REFITS}), nothing registered: "
+        f"{'; '.join(notes[:5])}{' ...' if len(notes) > 5 else ''}. Relax a bound in registry.policy or run a "
+        f"larger sweep{policy_origin(config)}."
     )

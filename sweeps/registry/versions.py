@@ -19,17 +19,15 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from sweeps.errors import ConfigError, UsageError
+from sweeps.errors import ConfigError, ModelNotFound, RegistryError
 from sweeps.tracking.names import TAG_POLICY, TAG_SWEEP, TAG_TEST_PREFIX, TAG_TRIAL, recorded_test_metrics
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "PREVIOUS",
-    "ModelNotFound",
     "ModelRef",
     "PromotionResult",
-    "RegistryError",
     "VersionInfo",
     "find_version",
     "list_versions",
@@ -46,14 +44,6 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 _PAGE = 1000
-
-
-class RegistryError(UsageError):
-    """A registry request cannot be carried out: unknown model or version, no alias to move."""
-
-
-class ModelNotFound(UsageError):
-    """The registry has no such model, alias or version (yet)."""
 
 
 @dataclass(frozen=True)
@@ -247,15 +237,19 @@ def promote_if_better(
     direction: Literal["minimize", "maximize"],
     *,
     force: bool = False,
+    min_improvement: float = 0.0,
 ) -> PromotionResult:
     """Give `version` the alias `challenger`; make it `champion` if it beats the champion.
 
-    It is promoted when there is no champion, when its tag `sweeps.test_<metric>` is strictly
-    better than the champion's (a tie keeps the champion), or with `force`. The former champion
-    then carries `previous`. A version that already is champion is left as it is.
+    It is promoted when there is no champion, when its tag `sweeps.test_<metric>` beats the
+    champion's by more than `min_improvement` times the champion's value (a relative margin, so
+    noise-level gains and ties keep the champion; 0 means strictly better), or with `force`. The
+    former champion then carries `previous`. A version that already is champion is left as it is.
     """
     if direction not in ("minimize", "maximize"):
         raise RegistryError(f"direction must be 'minimize' or 'maximize', got {direction!r}.")
+    if not (math.isfinite(min_improvement) and min_improvement >= 0):
+        raise RegistryError(f"min_improvement must be a finite number >= 0, got {min_improvement!r}.")
     number = _version(version)
     candidate = _get_version(client, name, number)
     aliases = _aliases(client, name)
@@ -286,12 +280,18 @@ def promote_if_better(
                 "pass force to promote anyway."
             )
         client.set_registered_model_alias(name, CHALLENGER, str(number))
-        better = new_value < old_value if direction == "minimize" else new_value > old_value
-        comparison = f"test {metric} {new_value:.6g} vs champion version {champion}'s {old_value:.6g} ({direction})"
-        if not better:
-            reason = f"version {number} stays challenger: {comparison} is not strictly better"
+        gain = old_value - new_value if direction == "minimize" else new_value - old_value
+        margin = min_improvement * abs(old_value)
+        comparison = (
+            f"test {metric} {new_value:.6g} vs champion version {champion}'s {old_value:.6g} ({direction}): "
+            f"{'better' if gain > 0 else 'not better'} by {abs(gain):.3g}"
+        )
+        rule = f"registry.min_improvement {min_improvement:g} x {abs(old_value):.6g} = {margin:.3g}"
+        if gain <= margin:
+            needed = "strictly better" if margin == 0 else f"more than the margin {rule}"
+            reason = f"version {number} stays challenger: {comparison}, which is not {needed}"
             return PromotionResult(name, number, False, champion, aliases.get(PREVIOUS), reason)
-        reason = f"version {number} promoted: {comparison}"
+        reason = f"version {number} promoted: {comparison}" + (f", over the margin {rule}" if margin > 0 else "")
     _move_champion(client, name, number, champion)
     log.info("%s: %s", name, reason)
     previous = champion if champion is not None else aliases.get(PREVIOUS)

@@ -23,10 +23,9 @@ import optuna
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sweeps.errors import UsageError
+from sweeps.errors import PlotUnavailable, UsageError
 from sweeps.records import TrialRecord
 from sweeps.report.plots import (
-    PlotUnavailable,
     param_importances,
     plot_history,
     plot_importance,

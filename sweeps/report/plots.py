@@ -22,14 +22,13 @@ from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from sweeps.errors import SweepsError
+from sweeps.errors import PlotUnavailable
 from sweeps.records import TrialRecord
 from sweeps.sweep.engine import SweepOutcome
 
 __all__ = [
     "MAX_POINTS",
     "MIN_IMPORTANCE_TRIALS",
-    "PlotUnavailable",
     "param_importances",
     "plot_history",
     "plot_importance",
@@ -42,10 +41,6 @@ MIN_IMPORTANCE_TRIALS = 10
 _BEST = "tab:red"
 _CMAP = "viridis"
 _MAX_LINES = 1000
-
-
-class PlotUnavailable(SweepsError):
-    """A figure cannot be drawn from these trials; the message says why (the report shows it)."""
 
 
 def _usable(outcome: SweepOutcome) -> list[TrialRecord]:

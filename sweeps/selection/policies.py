@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,7 @@ from sweeps.errors import SelectionError
 from sweeps.pareto import check_objectives, oriented, pareto_front, sort_key
 from sweeps.records import TrialRecord
 
-__all__ = ["Policy", "Selection", "describe_policy", "select_best"]
+__all__ = ["Policy", "Selection", "broken_bounds", "constraint_candidates", "describe_policy", "select_best"]
 
 Policy = LexicographicPolicy | ConstraintPolicy | KneePolicy | WeightedPolicy
 
@@ -113,33 +113,58 @@ def _fmt(value: float) -> str:
     return f"{value:.6g}"
 
 
-def _select_constraint(
-    policy: ConstraintPolicy, usable: list[TrialRecord], objectives: Sequence[Objective]
-) -> tuple[TrialRecord, str]:
+def broken_bounds(policy: ConstraintPolicy, metrics: Mapping[str, float]) -> list[str]:
+    """The bounds of `policy` that `metrics` break, as text (`nonzero_coefs = 5 > 4`); empty when all hold.
+
+    A missing or non-finite metric breaks every bound on it.
+    """
+    broken = []
+    for metric, bound in sorted(policy.max.items()):
+        value = metrics.get(metric, math.nan)
+        if not (math.isfinite(value) and value <= bound):
+            broken.append(f"{metric} = {_fmt(value)} > {bound:g}")
+    for metric, bound in sorted(policy.min.items()):
+        value = metrics.get(metric, math.nan)
+        if not (math.isfinite(value) and value >= bound):
+            broken.append(f"{metric} = {_fmt(value)} < {bound:g}")
+    return broken
+
+
+def _constraint_order(policy: ConstraintPolicy, objectives: Sequence[Objective]) -> list[Objective]:
     by_metric = {o.metric: o for o in objectives}
     if policy.metric not in by_metric:
         raise SelectionError(
             f"constraint policy metric {policy.metric!r} must be one of the objectives {list(by_metric)}."
         )
+    primary = by_metric[policy.metric]
+    return [primary] + [o for o in objectives if o is not primary]
 
-    def satisfies(record: TrialRecord) -> bool:
-        def value(metric: str) -> float:
-            v = record.metrics.get(metric, math.nan)
-            return v if math.isfinite(v) else math.nan  # NaN fails every comparison below
 
-        return all(value(m) <= bound for m, bound in policy.max.items()) and all(
-            value(m) >= bound for m, bound in policy.min.items()
-        )
+def constraint_candidates(
+    records: Sequence[TrialRecord], objectives: Sequence[Objective], policy: ConstraintPolicy
+) -> list[TrialRecord]:
+    """Usable trials within the bounds, in the policy's order: best on its metric first, ties on the others.
 
-    feasible = [r for r in usable if satisfies(r)]
+    `select_best` picks the first; when its refitted model breaks a bound, the next one is tried.
+    """
+    order = _constraint_order(policy, objectives)
+    usable = [r for r in records if r.is_usable([o.metric for o in objectives])]
+    feasible = [r for r in usable if not broken_bounds(policy, r.metrics)]
+    return sorted(feasible, key=lambda r: sort_key(r, order))
+
+
+def _select_constraint(
+    policy: ConstraintPolicy, usable: list[TrialRecord], objectives: Sequence[Objective]
+) -> tuple[TrialRecord, str]:
+    order = _constraint_order(policy, objectives)
+    primary = order[0]
+    feasible = constraint_candidates(usable, objectives, policy)
     if not feasible:
         raise SelectionError(
             f"no trial satisfies the constraint bounds ({_bounds_text(policy) or 'none'}): "
             f"checked {len(usable)} usable trial(s); relax a bound or run a larger sweep."
         )
-    primary = by_metric[policy.metric]
-    order = [primary] + [o for o in objectives if o is not primary]
-    chosen = min(feasible, key=lambda r: sort_key(r, order))
+    chosen = feasible[0]
     reason = (
         f"trial {chosen.number} has the best {_label(primary)} = {_fmt(chosen.metrics[primary.metric])} "
         f"among {len(feasible)} of {len(usable)} usable trials within bounds ({_bounds_text(policy) or 'none'})"

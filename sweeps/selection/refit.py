@@ -8,24 +8,37 @@ metrics are recorded and decide promotion.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from sweeps.config import Config, apply_overrides, validate_tree
+from sweeps.config import Config, ConstraintPolicy, apply_overrides, config_origin, validate_tree
 from sweeps.dataset import DataBundle
 from sweeps.errors import ConfigError, ObjectiveError, RunFailed, SelectionError
 from sweeps.records import TrialRecord
-from sweeps.selection.policies import Selection, select_best
+from sweeps.selection.policies import Selection, broken_bounds, constraint_candidates, select_best
 from sweeps.sweep.engine import SweepOutcome
 from sweeps.sweep.space import params_for
 from training.data import TARGET
 from training.objective import ElasticNetParams, fit_pipeline, nonzero_coefs, score
 
-__all__ = ["SELECTABLE_STATUSES", "RefitScore", "choose", "refit_and_score", "selection_config"]
+__all__ = [
+    "MAX_REFITS",
+    "SELECTABLE_STATUSES",
+    "RefitScore",
+    "candidates",
+    "choose",
+    "passed_over",
+    "policy_origin",
+    "refit_and_score",
+    "refit_breaks_bounds",
+    "selection_config",
+]
 
 SELECTABLE_STATUSES = ("completed", "budget_exhausted")
+# Refits tried under a constraint policy before giving up: each costs a few ms on the wine data.
+MAX_REFITS = 200
 # What `sweeps select` may change in the stored config: the sweep's data, split, model and search
 # space are fixed by the sweep (a different split would leak validation rows into the test set).
 _OVERRIDABLE = ("registry.", "tracking.", "sweep.storage", "data.path", "data.cache_dir")
@@ -54,7 +67,8 @@ def selection_config(stored: Config, overrides: list[str]) -> Config:
             f"and search space are fixed by the sweep it ran, got {fixed}."
         )
     tree = apply_overrides(stored.model_dump(mode="json"), list(overrides))
-    return validate_tree(tree, f"stored sweep config with overrides {list(overrides)}")
+    origin = config_origin(stored) or "stored sweep config"
+    return validate_tree(tree, f"{origin} with overrides {list(overrides)}" if overrides else origin)
 
 
 def choose(outcome: SweepOutcome, config: Config) -> Selection:
@@ -68,7 +82,44 @@ def choose(outcome: SweepOutcome, config: Config) -> Selection:
     try:
         return select_best(outcome.records, config.sweep.objectives, config.registry.policy)
     except SelectionError as exc:
-        raise SelectionError(f"sweep {outcome.name!r}: {exc}") from exc
+        raise SelectionError(f"sweep {outcome.name!r}: {exc}{policy_origin(config)}") from exc
+
+
+def policy_origin(config: Config) -> str:
+    """` (registry.policy from FILE ...)`: where the policy of a selection error was set, when known."""
+    origin = config_origin(config)
+    return f" (registry.policy from {origin})" if origin else ""
+
+
+def candidates(outcome: SweepOutcome, config: Config, selection: Selection) -> list[TrialRecord]:
+    """The trials to refit in turn, chosen one first: a constraint policy's bounds must also hold after the refit.
+
+    A refit on train+validation can move a metric the policy bounds (one more non-zero coefficient),
+    so under a constraint policy every trial within bounds is a candidate, in the policy's order, up
+    to `MAX_REFITS`; any other policy has the chosen trial only.
+    """
+    policy = config.registry.policy
+    if not isinstance(policy, ConstraintPolicy):
+        return [selection.chosen]
+    ordered = constraint_candidates(outcome.records, config.sweep.objectives, policy)
+    return [selection.chosen, *(r for r in ordered if r is not selection.chosen)][:MAX_REFITS]
+
+
+def refit_breaks_bounds(config: Config, test_metrics: dict[str, float]) -> list[str]:
+    """The constraint policy's bounds the refitted model's test metrics break (empty for other policies)."""
+    policy = config.registry.policy
+    return broken_bounds(policy, test_metrics) if isinstance(policy, ConstraintPolicy) else []
+
+
+def passed_over(selection: Selection, record: TrialRecord, notes: list[str]) -> Selection:
+    """`selection` with `record` chosen instead, its reason saying which candidates were passed over and why."""
+    if not notes:
+        return selection
+    reason = (
+        f"{selection.reason}; passed over after the refit, its bounds broken on the test split: {'; '.join(notes)}; "
+        f"so trial {record.number} is chosen, the next in the policy's order whose refitted model keeps every bound"
+    )
+    return replace(selection, chosen=record, reason=reason)
 
 
 def refit_and_score(config: Config, bundle: DataBundle, record: TrialRecord) -> RefitScore:

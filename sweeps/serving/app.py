@@ -31,19 +31,22 @@ from ray.serve import Application, Deployment
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from sweeps.config import RegistryConfig, ServeConfig, TrackingConfig
-from sweeps.errors import ConfigError
-from sweeps.registry.versions import ModelNotFound, parse_model_uri, resolve_version
-from sweeps.serving.figures import ModelIdentity, VersionStats, merge_snapshots, summarize
-from sweeps.serving.model import ServedModel, load_served_model
-from sweeps.serving.prometheus import render_prometheus
-from sweeps.serving.protocol import (
+from sweeps.config import RegistryConfig, ServeConfig, TrackingConfig, format_validation_error
+from sweeps.errors import (
+    ConfigError,
     InvalidInput,
-    Limits,
+    ModelNotFound,
     NotFound,
     PayloadTooLarge,
     ProtocolError,
     ServiceUnavailable,
+)
+from sweeps.registry.versions import parse_model_uri, resolve_version
+from sweeps.serving.figures import ModelIdentity, VersionStats, merge_snapshots, summarize
+from sweeps.serving.model import ServedModel, load_served_model
+from sweeps.serving.prometheus import CONTENT_TYPE, render_prometheus
+from sweeps.serving.protocol import (
+    Limits,
     check_content_length,
     encode_error,
     encode_predictions,
@@ -51,7 +54,6 @@ from sweeps.serving.protocol import (
 )
 
 __all__ = [
-    "SERVE_ENV",
     "AppArgs",
     "ModelServer",
     "StatsStore",
@@ -62,17 +64,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Ray settings for serving: user code and the router on the replica's main loop, proxy-to-replica
-# calls over gRPC, request-path logs buffered (less work per request), and workers at normal
-# priority (Ray starts them at nice 15, which lets any batch job on the machine starve the
-# endpoint). They must be in the environment of the process that starts Ray, or of the nodes.
-SERVE_ENV = {
-    "RAY_worker_niceness": "0",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-}
 STATS_PUSH_S = 1.0
 RETRY_FAILED_S = 60.0
 LARGE_BODY = 256 * 1024  # bodies above this are parsed off the event loop
@@ -396,7 +387,7 @@ class ModelServer:
     async def _metrics(self, request: Request) -> Response:
         model = self._current
         text = render_prometheus(await self._merged(), model.identity if model else None)
-        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8", headers=self._headers(model))
+        return Response(text, media_type=CONTENT_TYPE, headers=self._headers(model))
 
     async def _monitoring(self, request: Request) -> Response:
         model = self._current
@@ -451,7 +442,7 @@ def build_app(args: dict[str, Any]) -> Application:
     try:
         settings = AppArgs.model_validate(args or {})
     except ValidationError as exc:
-        raise ConfigError(f"serve application args: {exc}") from None
+        raise ConfigError(format_validation_error(exc, "serve application args")) from None
     uri = absolute_tracking_uri(settings.tracking_uri or TrackingConfig().resolved_uri)
     model_uri = settings.model_uri or f"models:/{RegistryConfig().model_name}@champion"
     return build_application(settings.model_copy(update={"tracking_uri": uri, "model_uri": model_uri}))

@@ -27,13 +27,12 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from sweeps.errors import SweepsError
+from sweeps.errors import UnsupportedModel
 from sweeps.serving.figures import FeatureStats, ModelIdentity
 from sweeps.tracking.names import CARD_ARTIFACT, TAG_DIGEST
 
 __all__ = [
     "ServedModel",
-    "UnsupportedModel",
     "load_served_model",
 ]
 
@@ -42,10 +41,6 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-9
 _NUMERIC_TYPES = {"double", "float", "long", "integer"}
 _LINEAR_MODELS = {"ElasticNet", "ElasticNetCV", "Lasso", "LassoCV", "LinearRegression", "Ridge", "RidgeCV"}
-
-
-class UnsupportedModel(SweepsError):
-    """The model version cannot be served by this endpoint (signature or flavor)."""
 
 
 @dataclass(frozen=True)

@@ -17,26 +17,22 @@ from typing import Any
 
 import numpy as np
 
-from sweeps.errors import SweepsError
+from sweeps.errors import BadRequest, InvalidInput, PayloadTooLarge, ProtocolError, UnsupportedMediaType
 
 __all__ = [
     "CONTENT_TYPES",
     "PAYLOAD_KEYS",
-    "BadRequest",
-    "InvalidInput",
     "Limits",
     "MediaType",
-    "NotFound",
     "ParsedRequest",
-    "PayloadTooLarge",
-    "ProtocolError",
-    "ServiceUnavailable",
-    "UnsupportedMediaType",
     "check_content_length",
     "encode_error",
     "encode_predictions",
+    "match_columns",
     "parse_content_type",
     "parse_request",
+    "text_problem",
+    "value_problem",
 ]
 
 PAYLOAD_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -44,63 +40,6 @@ CONTENT_TYPES = ("application/json", "text/csv")
 LEGACY_FORMATS = ("pandas-split", "pandas-records")
 _LEGACY_SPLIT_KEYS = frozenset({"columns", "data", "index"})
 _MAX_SHOWN = 60  # characters of a bad value quoted back in a message
-
-
-class ProtocolError(SweepsError):
-    """A request the endpoint refuses; `status` and `error_code` go to the client as they are."""
-
-    status = 400
-    error_code = "BAD_REQUEST"
-
-    def __init__(self, message: str, *, error_code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if error_code is not None:
-            self.error_code = error_code
-
-    def to_json(self) -> dict[str, str]:
-        return {"error_code": self.error_code, "message": self.message}
-
-
-class BadRequest(ProtocolError):
-    """The body is not a well-formed scoring request (400)."""
-
-
-class InvalidInput(ProtocolError):
-    """The request is well formed but its rows do not fit the model's signature (400)."""
-
-    error_code = "INVALID_PARAMETER_VALUE"
-
-
-class PayloadTooLarge(ProtocolError):
-    """The body or the number of rows exceeds a configured limit (413)."""
-
-    status = 413
-    error_code = "RESOURCE_LIMIT_EXCEEDED"
-
-
-class UnsupportedMediaType(ProtocolError):
-    """The Content-Type is not one the endpoint reads (415)."""
-
-    status = 415
-
-
-class NotFound(ProtocolError):
-    """No such path, or the wrong method for it (404 or 405)."""
-
-    status = 404
-    error_code = "ENDPOINT_NOT_FOUND"
-
-    def __init__(self, message: str, *, status: int = 404) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ServiceUnavailable(ProtocolError):
-    """No model is loaded yet (503)."""
-
-    status = 503
-    error_code = "TEMPORARILY_UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -278,8 +217,12 @@ def _check_rows(count: int, where: str, limits: Limits) -> None:
         )
 
 
-def _match_columns(given: Sequence[Any], columns: Sequence[str], where: str) -> list[int]:
-    """Position in `given` of each model column; names may come in any order."""
+def match_columns(given: Sequence[Any], columns: Sequence[str], where: str, *, ignore_extra: bool = False) -> list[int]:
+    """Position in `given` of each model column; names may come in any order.
+
+    A request may not carry columns the model does not know; a batch file may (`ignore_extra`):
+    its id and other columns are carried through to the output.
+    """
     if any(not isinstance(name, str) for name in given):
         bad = next(name for name in given if not isinstance(name, str))
         raise InvalidInput(f"Column names in {where} must be strings, got {_shown(bad)}.")
@@ -289,7 +232,7 @@ def _match_columns(given: Sequence[Any], columns: Sequence[str], where: str) -> 
             raise InvalidInput(f"Column {name!r} appears more than once in {where}.")
         seen[name] = i
     missing = [c for c in columns if c not in seen]
-    unknown = [c for c in given if c not in set(columns)]
+    unknown = [] if ignore_extra else [c for c in given if c not in set(columns)]
     if missing or unknown:
         parts = []
         if missing:
@@ -314,7 +257,7 @@ def _split(payload: Any, where: str, columns: Sequence[str], limits: Limits) -> 
     if not isinstance(data, list):
         raise BadRequest(f"{where}.data must be a list of rows, got a {_json_type(data)}.")
     _check_rows(len(data), where, limits)
-    order = _match_columns(given, columns, where)
+    order = match_columns(given, columns, where)
     for i, row in enumerate(data):
         if not isinstance(row, list):
             raise BadRequest(f"{where}.data[{i}] must be a list of {len(given)} values, got a {_json_type(row)}.")
@@ -337,13 +280,13 @@ def _records(payload: Any, where: str, columns: Sequence[str], limits: Limits) -
             hint = " (positional rows are ambiguous: name each value's column)" if isinstance(record, list) else ""
             raise BadRequest(f"{where}[{i}] must be an object keyed by column name, got a {_json_type(record)}{hint}.")
         if record.keys() != wanted:
-            _match_columns(list(record), columns, f"{where}[{i}]")
+            match_columns(list(record), columns, f"{where}[{i}]")
         rows.append([record[c] for c in columns])
     return _to_matrix(rows, list(columns), where)
 
 
 def _columnar(payload: dict[str, Any], where: str, columns: Sequence[str], limits: Limits) -> np.ndarray:
-    _match_columns(list(payload), columns, where)
+    match_columns(list(payload), columns, where)
     lengths = set()
     for name in columns:
         values = payload[name]
@@ -371,7 +314,7 @@ def _to_matrix(rows: Sequence[Sequence[Any]], names: list[str], where: str) -> n
         else:
             if np.isfinite(matrix).all():
                 return matrix
-    return _checked_matrix(rows, names, where, _value_problem)
+    return _checked_matrix(rows, names, where, value_problem)
 
 
 def _checked_matrix(
@@ -388,7 +331,8 @@ def _checked_matrix(
     return matrix
 
 
-def _value_problem(value: Any) -> str | None:
+def value_problem(value: Any) -> str | None:
+    """Why a JSON (or typed) value cannot be a feature, else None."""
     if value is None:
         return "missing value (null)"
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -413,20 +357,21 @@ def _parse_csv(body: bytes, columns: Sequence[str], limits: Limits) -> np.ndarra
     header = [name.strip() for name in lines[0]]
     rows = lines[1:]
     _check_rows(len(rows), "CSV body", limits)
-    order = _match_columns(header, columns, "CSV header")
+    order = match_columns(header, columns, "CSV header")
     for i, row in enumerate(rows):
         if len(row) != len(header):
             raise InvalidInput(f"CSV row {i} (line {i + 2}) has {len(row)} fields but the header has {len(header)}.")
     try:
         matrix = np.array(rows, dtype=np.float64)
     except ValueError:
-        matrix = _checked_matrix(rows, header, "CSV body", _csv_problem)
+        matrix = _checked_matrix(rows, header, "CSV body", text_problem)
     if not np.isfinite(matrix).all():
-        matrix = _checked_matrix(rows, header, "CSV body", _csv_problem)
+        matrix = _checked_matrix(rows, header, "CSV body", text_problem)
     return matrix[:, order]
 
 
-def _csv_problem(field: str) -> str | None:
+def text_problem(field: str) -> str | None:
+    """Why a text field (CSV) cannot be a feature, else None."""
     if not field.strip():
         return "missing value (empty field)"
     try:

@@ -20,8 +20,9 @@ import httpx
 import ray
 from ray import serve
 
+from sweeps._compat.ray_serve import serve_env
 from sweeps.errors import RunFailed
-from sweeps.serving.app import SERVE_ENV, AppArgs, build_application
+from sweeps.serving.app import AppArgs, build_application
 
 __all__ = ["APP_NAME", "Endpoint"]
 
@@ -55,9 +56,10 @@ class Endpoint:
     def __enter__(self) -> Endpoint:
         if not ray.is_initialized():
             if self.address is None:
-                # A local Ray we start ourselves: its workers inherit these settings.
-                self._added_env = [key for key in SERVE_ENV if key not in os.environ]
-                os.environ.update({key: SERVE_ENV[key] for key in self._added_env})
+                # A local Ray we start ourselves: its workers inherit Ray's private serving settings.
+                env = serve_env()
+                self._added_env = [key for key in env if key not in os.environ]
+                os.environ.update({key: env[key] for key in self._added_env})
             ray.init(address=self.address, num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=True)
             self._started_ray = True
         self._started_serve = self.address is None  # on a shared cluster, only our application is ours

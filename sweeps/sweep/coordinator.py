@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,14 @@ def record_attrs(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in keys}
 
 
+def _name_metrics(study: optuna.Study, metrics: Sequence[str]) -> None:
+    """Name the study's objective values (optuna-dashboard shows `rmse`, not `Objective 0`)."""
+    with warnings.catch_warnings():
+        # set_metric_names has been "experimental" since Optuna 3.2 and still works the same.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(metrics))
+
+
 class Coordinator:
     """Asks Optuna for batches, leases them to workers, tells results back; the journal's only writer."""
 
@@ -52,6 +62,8 @@ class Coordinator:
             directions=[o.direction for o in sweep.objectives],
             load_if_exists=True,
         )
+        if not self.study.metric_names:  # a new study, or one resumed from before names were set
+            _name_metrics(self.study, self.metrics)
         trials = self.study.get_trials(deepcopy=False)
         self.pending: deque[FrozenTrial] = deque(t for t in trials if t.state == TrialState.RUNNING)
         finished = sum(t.state.is_finished() for t in trials)

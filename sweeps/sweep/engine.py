@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.config import Config
+from sweeps.config import Config, config_origin
 from sweeps.dataset import DataBundle, load_data
 from sweeps.errors import UsageError
 from sweeps.pareto import pareto_numbers
@@ -37,6 +37,7 @@ __all__ = [
     "SweepOutcome",
     "load_outcome",
     "record_from_trial",
+    "recorded_wall",
     "resolve_sweep_name",
     "run_sweep",
 ]
@@ -81,6 +82,11 @@ class SweepOutcome:
     wall_s: float
     nodes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    evaluated: int | None = None
+    wall_s_now: float = 0.0
+    """`wall_s` and `evaluated` describe the sweep: the wall time of every command that evaluated
+    trials, added up, and the trials they evaluated (None: `evaluated_now`). `evaluated_now` and
+    `wall_s_now` describe this command only; a re-run of a finished sweep adds nothing to either total."""
 
     @property
     def complete(self) -> int:
@@ -91,8 +97,13 @@ class SweepOutcome:
         return sum(r.state == "FAIL" for r in self.records)
 
     @property
+    def evaluated_total(self) -> int:
+        return self.evaluated_now if self.evaluated is None else self.evaluated
+
+    @property
     def trials_per_s(self) -> float:
-        return self.evaluated_now / self.wall_s if self.wall_s > 0 else 0.0
+        """The sweep's rate: trials evaluated over the wall time spent evaluating them, across resumes."""
+        return self.evaluated_total / self.wall_s if self.wall_s > 0 else 0.0
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary for `--json`."""
@@ -104,9 +115,11 @@ class SweepOutcome:
             "trials": len(self.records),
             "complete": self.complete,
             "failed": self.failed,
-            "evaluated_now": self.evaluated_now,
+            "evaluated": self.evaluated_total,
             "wall_s": round(self.wall_s, 3),
             "trials_per_s": round(self.trials_per_s, 2),
+            "evaluated_now": self.evaluated_now,
+            "wall_s_now": round(self.wall_s_now, 3),
             "objectives": [{"metric": m, "direction": d} for m, d in self.objectives],
             "best": [{"number": r.number, "params": r.params, "metrics": r.metrics} for r in self.best],
             "nodes": list(self.nodes),
@@ -269,6 +282,18 @@ def _best_of(records: Sequence[TrialRecord], objectives: Sequence[tuple[str, str
     return tuple(best)
 
 
+def recorded_wall(meta: dict[str, Any]) -> tuple[float, int | None]:
+    """(wall seconds, trials evaluated) a sweep's commands have spent so far, as its meta records them.
+
+    A meta written before these totals were kept gives its last command's span and no count.
+    """
+    if "active_s" in meta:
+        return float(meta["active_s"]), int(meta.get("evaluated", 0))
+    if "finished" in meta and "started" in meta:
+        return max(0.0, float(meta["finished"]) - float(meta["started"])), None
+    return 0.0, None
+
+
 def _finished_trials(state: SweepState, name: str) -> list[FrozenTrial]:
     if not state.journal.exists():
         return []
@@ -298,15 +323,27 @@ def run_sweep(
     bundle = bundle or load_data(config.data, config.split)
     objectives = [(str(o.metric), str(o.direction)) for o in config.sweep.objectives]
     before = _finished_trials(state, name)
-    state.write_meta(
-        name=name,
-        config=config.model_dump(mode="json"),
-        status="running",
-        pid=os.getpid(),
-        started=time.time(),
-        dataset_digest=bundle.digest,
-        requested=config.sweep.num_trials,
-    )
+    previous = state.read_meta() if state.exists() else {}
+    wall_before, evaluated_before = recorded_wall(previous)
+    if evaluated_before is None:  # an older meta: the trials it holds were evaluated by earlier commands
+        evaluated_before = len(before)
+    todo = len(before) < config.sweep.num_trials
+    if todo or not previous:
+        # A re-run with nothing left to do leaves the record alone: it describes the sweep, not this command.
+        now = time.time()
+        state.write_meta(
+            name=name,
+            config=config.model_dump(mode="json"),
+            config_source=config_origin(config) or previous.get("config_source"),
+            status="running",
+            pid=os.getpid(),
+            started=previous.get("started", now),
+            last_started=now,
+            dataset_digest=bundle.digest,
+            requested=config.sweep.num_trials,
+            active_s=wall_before,
+            evaluated=evaluated_before,
+        )
     counts = _LiveCounts(
         objectives,
         config.sweep.num_trials,
@@ -316,7 +353,6 @@ def run_sweep(
         on_progress,
     )
     deadline = time.time() + config.sweep.time_budget_s if config.sweep.time_budget_s else None
-    todo = len(before) < config.sweep.num_trials
     if not todo:
         log.info("sweep %s already has its %d trials; Ray is not started", name, len(before))
     owns_ray = todo and _connect_ray(address, config.sweep.concurrency)
@@ -339,7 +375,13 @@ def run_sweep(
         status = "interrupted"
         raise
     finally:
-        state.write_meta(status=status, finished=time.time())
+        wall_now = time.perf_counter() - started
+        evaluated_now = evaluated or counts.received  # an interrupt leaves `evaluated` unset
+        if todo or not previous:
+            state.write_meta(status=status, finished=time.time(), active_s=wall_before + wall_now,
+                             evaluated=evaluated_before + evaluated_now)
+        elif previous.get("status") != status:  # e.g. interrupted after its last trial: completed now
+            state.write_meta(status=status)
         if owns_ray:
             import ray
 
@@ -355,9 +397,11 @@ def run_sweep(
         requested=config.sweep.num_trials,
         evaluated_now=evaluated,
         tune_configs_now=counts.received,
-        wall_s=time.perf_counter() - started,
+        wall_s=wall_before + wall_now if todo else wall_before,
         nodes=tuple(sorted(counts.nodes)),
         extra={"dataset_digest": bundle.digest},
+        evaluated=evaluated_before + evaluated_now if todo else evaluated_before,
+        wall_s_now=wall_now,
     )
     for callback in callbacks:
         if hasattr(callback, "on_outcome"):
@@ -373,6 +417,7 @@ def load_outcome(root: Path, name: str) -> SweepOutcome:
     study = optuna.load_study(study_name=name, storage=state.storage())
     records = tuple(record_from_trial(name, t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     objectives = tuple((o.metric, o.direction) for o in config.sweep.objectives)
+    wall_s, evaluated = recorded_wall(meta)
     return SweepOutcome(
         name=name,
         status=str(meta.get("status")),
@@ -383,8 +428,9 @@ def load_outcome(root: Path, name: str) -> SweepOutcome:
         requested=config.sweep.num_trials,
         evaluated_now=0,
         tune_configs_now=0,
-        wall_s=float(meta.get("finished", meta.get("updated", 0.0))) - float(meta.get("started", 0.0)),
+        wall_s=wall_s,
         extra={"dataset_digest": meta.get("dataset_digest")},
+        evaluated=evaluated,
     )
 
 

@@ -9,49 +9,15 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
-from optuna.samplers._tpe.sampler import _split_trials, default_gamma, default_gamma_multiobjective
+from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from sweeps._compat.optuna_tpe import batch_tpe_sampler
 
 __all__ = ["WindowedTPESampler", "make_sampler", "sampler_label"]
 
 _FINISHED_FOR_TPE = (TrialState.COMPLETE,)
-
-
-class _BatchTPESampler(TPESampler):
-    """TPE that fits its Parzen estimators once per history state, not once per ask.
-
-    Asking a batch of configs with no result told in between would rebuild the same two
-    estimators for every ask; here they are cached until `invalidate` is called (on each tell).
-    Each ask still draws its own candidates and picks its own best by the acquisition function.
-    Relies on TPESampler's private `_sample` structure (Optuna 5.0), which the tests pin.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._estimators: dict[tuple[str, ...], tuple[Any, Any]] = {}
-
-    def invalidate(self) -> None:
-        self._estimators.clear()
-
-    def _sample(
-        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        key = tuple(sorted(search_space))
-        if key not in self._estimators:
-            trials = study._get_trials(deepcopy=False, states=_FINISHED_FOR_TPE, use_cache=True)
-            if self._gamma is None:
-                self._gamma = default_gamma if len(study.directions) <= 1 else default_gamma_multiobjective
-            below, above = _split_trials(study, trials, self._gamma(len(trials)))
-            self._estimators[key] = (
-                self._build_parzen_estimator(study, search_space, below, handle_below=True),
-                self._build_parzen_estimator(study, search_space, above, handle_below=False),
-            )
-        mpe_below, mpe_above = self._estimators[key]
-        samples = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
-        chosen = TPESampler._compare(samples, self._compute_acquisition_func(samples, mpe_below, mpe_above))
-        return {name: dist.to_external_repr(chosen[name]) for name, dist in search_space.items()}
 
 
 def _signed_value(trial: FrozenTrial, index: int, sign: float) -> tuple[float, int]:
@@ -78,7 +44,8 @@ class WindowedTPESampler(BaseSampler):
     ) -> None:
         self._space = {k: v for k, v in search_space.items() if not v.single()}
         self._window = window
-        self._tpe = _BatchTPESampler(
+        # TPE's fit is cached between tells where Optuna's internals allow it (sweeps._compat.optuna_tpe).
+        self._tpe = batch_tpe_sampler(
             seed=seed, n_startup_trials=n_startup_trials, multivariate=True, constant_liar=False
         )
         self._random = RandomSampler(seed=None if seed is None else seed + 1)
@@ -89,7 +56,7 @@ class WindowedTPESampler(BaseSampler):
     def _shadow_study(self, study: Study) -> Study:
         if self._shadow is None:
             self._history = [
-                t for t in study._get_trials(deepcopy=False, states=_FINISHED_FOR_TPE, use_cache=False)
+                t for t in study.get_trials(deepcopy=False, states=_FINISHED_FOR_TPE)
                 if set(self._space) <= set(t.params)
             ]
             self._rebuild(study.directions)

@@ -14,9 +14,11 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 
-from sweeps.config import Config
-from sweeps.errors import UsageError
+from sweeps._compat.optuna_tpe import WAITING_SCAN_STATES, is_waiting_scan, skips_waiting_scan
+from sweeps.config import Config, format_validation_error, remember_origin
+from sweeps.errors import ConfigError, UsageError
 
 __all__ = ["BufferedJournalBackend", "SweepState", "list_sweeps"]
 
@@ -67,15 +69,16 @@ class _SweepJournalStorage(JournalStorage):
 
     `Study.ask` first looks for enqueued (WAITING) trials by scanning every trial of the study:
     at 10,000 trials that scan costs more than the fit. Sweeps never enqueue trials, so while no
-    WAITING trial exists the answer is known to be empty.
+    WAITING trial exists the answer is known to be empty. How Optuna asks is not public API: the
+    assumption is fenced in `sweeps._compat.optuna_tpe`, and on an untested Optuna every scan runs.
     """
 
     def __init__(self, backend: BaseJournalBackend) -> None:
         super().__init__(backend)
-        self._may_wait = True  # until the scan below has looked
-        self._may_wait = any(
-            t.state == TrialState.WAITING for s in self.get_all_studies() for t in self.get_all_trials(s._study_id)
-        )
+        self._may_wait = True  # until the scan below has looked; for good on an untested Optuna
+        if skips_waiting_scan():
+            study_ids = [self.get_study_id_from_name(s.study_name) for s in self.get_all_studies()]
+            self._may_wait = any(self.get_all_trials(i, deepcopy=False, states=WAITING_SCAN_STATES) for i in study_ids)
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         if template_trial is not None and template_trial.state == TrialState.WAITING:
@@ -85,7 +88,7 @@ class _SweepJournalStorage(JournalStorage):
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
     ) -> list[FrozenTrial]:
-        if not self._may_wait and states is not None and tuple(states) == (TrialState.WAITING,):  # type: ignore[arg-type]
+        if not self._may_wait and is_waiting_scan(states):
             return []
         return super().get_all_trials(study_id, deepcopy=deepcopy, states=states)
 
@@ -141,8 +144,20 @@ class SweepState:
         return meta
 
     def config(self) -> Config:
-        """The config the sweep was started with (resume uses exactly this)."""
-        return Config.model_validate(self.read_meta()["config"])
+        """The config the sweep was started with (resume uses exactly this).
+
+        Its origin (`config_origin`) names the file it was first loaded from, as stored in `sweep.json`.
+        """
+        meta = self.read_meta()
+        tree = meta.get("config")
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{self.meta_path}: 'config' must be a mapping, got {type(tree).__name__}.")
+        try:
+            config = Config.model_validate(tree)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, str(self.meta_path), section="config")) from exc
+        source = meta.get("config_source")
+        return remember_origin(config, f"{source} (as stored in {self.meta_path})" if source else str(self.meta_path))
 
     def counts(self) -> dict[str, int]:
         """Trials by state, read from the Optuna journal."""

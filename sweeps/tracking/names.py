@@ -17,15 +17,23 @@ __all__ = [
     "KIND_SWEEP",
     "KIND_TRAIN",
     "KIND_TRIAL",
+    "SCORING_ARTIFACT",
     "SELECTION_ARTIFACT",
     "SNAPSHOT_ARTIFACT",
+    "TAG_BAD_ROWS",
+    "TAG_BATCH_RUN",
     "TAG_DIGEST",
     "TAG_ENDPOINT",
     "TAG_ERROR",
+    "TAG_ERRORS_PATH",
+    "TAG_INPUT_DIGEST",
+    "TAG_INPUT_PATH",
     "TAG_KIND",
     "TAG_MODEL_NAME",
+    "TAG_MODEL_URI",
     "TAG_MODEL_VERSION",
     "TAG_NODE",
+    "TAG_OUTPUT_PATH",
     "TAG_PARENT",
     "TAG_POLICY",
     "TAG_RUN_NAME",
@@ -63,8 +71,15 @@ TAG_MODEL_NAME, TAG_MODEL_VERSION = "sweeps.model_name", "sweeps.model_version"
 TAG_TRAINING_RUN = "sweeps.training_run_id"
 TAG_ENDPOINT = "sweeps.endpoint"
 
+# Batch-scoring runs (`sweeps predict`). The model tags above and TAG_BATCH_RUN are also written
+# as key-value metadata into every Parquet file the job outputs, so a file names its model.
+TAG_MODEL_URI, TAG_BATCH_RUN = "sweeps.model_uri", "sweeps.batch_run_id"
+TAG_INPUT_PATH, TAG_OUTPUT_PATH, TAG_ERRORS_PATH = "sweeps.input_path", "sweeps.output_path", "sweeps.errors_path"
+TAG_INPUT_DIGEST, TAG_BAD_ROWS = "sweeps.input_digest", "sweeps.bad_rows"
+
 CARD_ARTIFACT, CONFIG_ARTIFACT = "dataset_card.json", "config.yaml"
 SELECTION_ARTIFACT, SNAPSHOT_ARTIFACT = "selection.json", "monitoring.json"
+SCORING_ARTIFACT = "batch_scoring.json"
 
 
 def recorded_test_metrics(tags: dict[str, str] | None) -> dict[str, float]:

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import queue
 import subprocess
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -30,6 +28,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 
+from sweeps._compat.mlflow_sql import BulkRunWriter, FinishedRun, bulk_writer
 from sweeps.config import Config
 from sweeps.dataset import DataBundle
 from sweeps.errors import RunFailed
@@ -120,50 +119,19 @@ def _times(record: TrialRecord) -> tuple[int, int]:
 
 
 class _SqlWriter:
-    """Bulk inserts into an MLflow SQL store: one transaction per few hundred child runs."""
+    """Bulk inserts into an MLflow SQL store (fenced in `sweeps._compat.mlflow_sql`): one transaction per batch."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str) -> None:
-        self._store = client._tracking_client.store
-        self._experiment = client.get_experiment(experiment_id)
+    def __init__(self, bulk: BulkRunWriter) -> None:
+        self._bulk = bulk
 
     def write(self, rows: list[tuple[TrialRecord, dict[str, str]]]) -> None:
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
-        from sqlalchemy import insert
-
-        runs, tags, params, metrics = [], [], [], []
-        for record, run_tags in rows:
-            run_id = uuid.uuid4().hex
+        runs = []
+        for record, tags in rows:
             start, end = _times(record)
-            runs.append(
-                {
-                    "run_uuid": run_id,
-                    "name": record.key,
-                    "source_type": "UNKNOWN",
-                    "source_name": "",
-                    "entry_point_name": "",
-                    "user_id": "sweeps",
-                    "status": "FINISHED" if record.state == "COMPLETE" else "FAILED",
-                    "start_time": start,
-                    "end_time": end,
-                    "deleted_time": None,
-                    "source_version": "",
-                    "lifecycle_stage": "active",
-                    "artifact_uri": f"{self._experiment.artifact_location.rstrip('/')}/{run_id}/artifacts",
-                    "experiment_id": int(self._experiment.experiment_id),
-                }
-            )
-            tags += [{"key": k, "value": v, "run_uuid": run_id} for k, v in run_tags.items()]
-            params += [{"key": k, "value": str(v), "run_uuid": run_id} for k, v in record.params.items()]
-            for key, value in record.metrics.items():
-                is_nan = math.isnan(value)
-                row = {"key": key, "value": 0.0 if is_nan else float(value), "timestamp": end, "step": 0,
-                       "is_nan": is_nan, "run_uuid": run_id}
-                metrics.append(row)
-        with self._store.ManagedSessionMaker() as session:
-            session.execute(insert(SqlRun.__table__), runs)
-            for table, values in ((SqlTag, tags), (SqlParam, params), (SqlMetric, metrics), (SqlLatestMetric, metrics)):
-                if values:
-                    session.execute(insert(table.__table__), values)
+            status = "FINISHED" if record.state == "COMPLETE" else "FAILED"
+            params = {k: str(v) for k, v in record.params.items()}
+            runs.append(FinishedRun(record.key, status, start, end, tags, params, dict(record.metrics)))
+        self._bulk.write(runs)
 
 
 class _RestWriter:
@@ -258,8 +226,9 @@ class SweepTracker(TrialRecordCallback):
                 logged = trial_runs(client, self.experiment_id, self.sweep_name)
                 self._logged = {int(r.data.tags[TAG_TRIAL]) for r in logged}
             self._tag_cluster(client)
-            writer_cls = _SqlWriter if self._is_sql() else _RestWriter
-            return writer_cls(client, self.experiment_id)
+            # The bulk path only on a SQL store of a tested MLflow; anything else goes through the client.
+            bulk = bulk_writer(client, self.experiment_id) if self._is_sql() else None
+            return _SqlWriter(bulk) if bulk is not None else _RestWriter(client, self.experiment_id)
 
     def _tag_cluster(self, client: MlflowClient) -> None:
         import ray
@@ -285,13 +254,13 @@ class SweepTracker(TrialRecordCallback):
             config_path.write_text(yaml.safe_dump(config_tree, sort_keys=False), encoding="utf-8")
             client.log_artifact(run_id, str(config_path))
             client.log_artifact(run_id, str(write_card(self.bundle.card, Path(tmp) / CARD_ARTIFACT)))
-        dataset = mlflow_dataset(self.bundle, "train")
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        client.log_inputs(
-            run_id,
-            datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])],
-        )
+        # Dataset.to_dict is the public form of what mlflow.log_input records (its `_to_mlflow_entity`).
+        fields = mlflow_dataset(self.bundle, "train").to_dict()
+        entity = Dataset(fields["name"], fields["digest"], fields["source_type"], fields["source"],
+                         schema=fields.get("schema"), profile=fields.get("profile"))
+        client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])])
         return run_id
 
     def on_records(self, records: list[TrialRecord]) -> None:

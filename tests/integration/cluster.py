@@ -117,7 +117,11 @@ def _start_node(
         command.append(f"--address={HOST}:{head_port}")
     out = (temp_root / f"{name}.log").open("wb")
     with out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=_node_env(), start_new_session=True)
+        # Workers and `ray job submit` entrypoints inherit the node's folder: a job that writes a
+        # relative path (./mlflow.db, ./sweeps-state) writes it here, never into the repository.
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=_node_env(), start_new_session=True, cwd=temp_root
+        )
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path, deadline: float) -> None:

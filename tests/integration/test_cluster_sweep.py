@@ -19,6 +19,7 @@ BIN = Path(sys.executable).parent
 
 # Enough trials that the sweep outlasts the start of a second trial actor on the other node.
 TRIALS = 3000
+STORE_NAMES = ("mlflow.db", "mlruns", "mlartifacts")
 
 
 def _sweep_args(data_dir: Path, storage: Path, name: str) -> list[str]:
@@ -36,16 +37,25 @@ def _summary(stdout: str) -> dict[str, Any]:
     return decoded
 
 
+def _no_store_in(*folders: Path) -> None:
+    """Tracking was off: neither the driver's folder nor the nodes' holds an MLflow store."""
+    written = [p for folder in folders for name in STORE_NAMES for p in folder.rglob(name)]
+    assert written == [], f"an untracked sweep wrote an MLflow store: {written}"
+
+
 def test_sweep_runs_trials_on_both_nodes(two_node_cluster: LocalCluster, data_dir: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [str(BIN / "sweeps"), *_sweep_args(data_dir, tmp_path / "state", "two-nodes")],
-        capture_output=True, text=True, timeout=300, env=two_node_cluster.env(), check=False,
+        capture_output=True, text=True, timeout=300, env=two_node_cluster.env(), check=False, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     summary = _summary(result.stdout)
     assert summary["status"] == "completed"
     assert summary["trials"] == TRIALS
     assert set(summary["nodes"]) == set(two_node_cluster.node_ids)
+    assert summary["selection"] is None
+    assert "tracking.enabled=false" in summary["not_registered"]
+    _no_store_in(tmp_path, two_node_cluster.temp_root)
 
 
 def test_sweep_through_ray_job_submit(two_node_cluster: LocalCluster, data_dir: Path, tmp_path: Path) -> None:
@@ -59,3 +69,4 @@ def test_sweep_through_ray_job_submit(two_node_cluster: LocalCluster, data_dir: 
     summary = _summary(result.stdout)
     assert summary["trials"] == TRIALS
     assert len(summary["nodes"]) == 2
+    _no_store_in(tmp_path, two_node_cluster.temp_root)

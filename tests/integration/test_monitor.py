@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from sweeps.monitoring.runs import MonitorError, monitoring_metrics, monitoring_runs, record_monitoring
+from sweeps.errors import MonitorError
+from sweeps.monitoring.runs import monitoring_metrics, monitoring_runs, record_monitoring
 from sweeps.serving.figures import FeatureStats, ModelIdentity, VersionStats, merge_snapshots, summarize
 from training.data import FEATURES
 

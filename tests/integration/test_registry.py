@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from sweeps.cli import app
 from sweeps.config import Config, load_config
 from sweeps.dataset import load_data
+from sweeps.errors import RegistryError
 from sweeps.registry.versions import (
     CHALLENGER,
     CHAMPION,
@@ -23,7 +24,6 @@ from sweeps.registry.versions import (
     TAG_POLICY,
     TAG_SWEEP,
     TAG_TRIAL,
-    RegistryError,
     find_version,
     list_versions,
     promote,
@@ -67,6 +67,7 @@ def name(request: pytest.FixtureRequest) -> str:
 
 def register(store: Store, name: str, run: int, trial: int, **test_metrics: float) -> int:
     result = store.runs[run]
+    assert result.model_uri is not None
     tags = {TAG_SWEEP: "smoke", TAG_POLICY: "knee", TAG_TRIAL: str(trial)}
     tags |= {f"sweeps.test_{k}": str(v) for k, v in test_metrics.items()}
     version = register_version(store.client(), name, result.model_uri, result.run_id, tags=tags, description="test")

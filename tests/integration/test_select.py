@@ -222,7 +222,8 @@ def test_another_policy_registers_a_new_version_and_force_promotes_the_loser(swe
 def test_untracked_sweep_is_selected_with_its_sweep_links_absent(swept: Swept, data_dir: Path) -> None:
     outcome = _small_sweep(swept, data_dir, "untracked")
     assert outcome.status == "completed"
-    result = _invoke(["select", "untracked", "--storage", str(swept.storage), *swept.overrides()])
+    tracked = swept.overrides("tracking.enabled=true")
+    result = _invoke(["select", "untracked", "--storage", str(swept.storage), *tracked])
     assert result.exit_code == 0, result.output
     assert "No tracked sweep or trial run found" in result.output
     assert "version 1 is the first champion of 'wine-untracked'" in result.output
@@ -241,10 +242,47 @@ def test_untracked_sweep_is_selected_with_its_sweep_links_absent(swept: Swept, d
 def test_all_failed_sweep_is_an_error_and_registers_nothing(swept: Swept, data_dir: Path) -> None:
     outcome = _small_sweep(swept, data_dir, "allfail", objective=_raising_objective)
     assert (outcome.status, outcome.failed) == ("completed", 4)
-    result = _invoke(["select", "allfail", "--storage", str(swept.storage), *swept.overrides()])
+    result = _invoke(["select", "allfail", "--storage", str(swept.storage), *swept.overrides("tracking.enabled=true")])
     assert result.exit_code == 2, result.output
     assert "sweep 'allfail': no usable trial among 4: 4 failed" in result.output
     assert "objective exploded on purpose" in result.output
     client = swept.client()
     assert client.search_registered_models(filter_string="name = 'wine-allfail'") == []
     assert _runs(client, "selection", "allfail") == []
+
+
+_STORE_NAMES = ("mlflow.db", "mlruns", "mlartifacts")
+
+
+def test_tracking_off_sweeps_then_says_how_to_register_and_writes_no_store(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where a default ./mlflow.db, ./mlruns or ./mlartifacts would land
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    storage = tmp_path / "state"
+    run = _invoke([
+        "run", "--config", str(CONFIG_DIR / "smoke.yaml"), "--quiet", f"data.path={data_dir}",
+        f"sweep.storage={storage}", "tracking.enabled=false", "sweep.name=notrack", "sweep.num_trials=4",
+        "sweep.batch_size=2", "registry.model_name=wine-notrack",
+    ])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert "completed: 4/4 trials" in run.output
+    assert "Not selected or registered: tracking.enabled=false, and registration needs an MLflow store" in run.output
+    assert f"sweeps select notrack --storage {storage} tracking.enabled=true" in " ".join(run.output.split())
+
+    refused = _invoke(["select", "notrack", "--storage", str(storage)])
+    assert refused.exit_code == 2, refused.output
+    assert "error: selection registers a model in an MLflow store, so it needs tracking.enabled=true, but got " \
+        "tracking.enabled=false for sweep 'notrack'" in " ".join(refused.output.split())
+
+    as_json = _invoke([
+        "run", "--config", str(CONFIG_DIR / "smoke.yaml"), "--quiet", "--json", f"data.path={data_dir}",
+        f"sweep.storage={storage}", "tracking.enabled=false", "sweep.name=notrack", "sweep.num_trials=4",
+        "sweep.batch_size=2",
+    ])  # fmt: skip
+    assert as_json.exit_code == 0, as_json.output
+    summary = json.loads(as_json.stdout)
+    assert (summary["status"], summary["selection"]) == ("completed", None)
+    assert summary["not_registered"].startswith("Not selected or registered: tracking.enabled=false")
+    written = [p for name in _STORE_NAMES for p in tmp_path.rglob(name)]
+    assert written == [], f"tracking was off, yet an MLflow store was written: {written}"

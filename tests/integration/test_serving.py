@@ -34,7 +34,8 @@ from sweeps.serving.app import AppArgs
 from sweeps.serving.service import Endpoint
 from sweeps.tracking.client import use_tracking
 from sweeps.tracking.single_run import train_once
-from tests.unit.test_protocol import BAD, LIMITS
+from tests.unit.serving.test_prometheus import promql_histogram_quantile
+from tests.unit.serving.test_protocol import BAD, LIMITS
 from training.data import FEATURES
 
 pytestmark = pytest.mark.integration
@@ -88,6 +89,7 @@ def served(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     for alpha in (0.1, 0.5):
         overrides = [f"data.path={data_dir}", f"tracking.uri={uri}", "data.wine=red", f"alpha={alpha}"]
         result = train_once(load_config(overrides=overrides))
+        assert result.model_uri is not None
         with use_tracking(uri):  # the registry resolves a models:/m-... source through the global URI
             tags = {"sweeps.dataset_digest": result.dataset_digest}
             version = client.create_model_version(MODEL, source=result.model_uri, run_id=result.run_id, tags=tags)
@@ -266,12 +268,30 @@ def test_metrics_are_prometheus_text_labelled_with_the_version(served: Served) -
     with served.http() as http:
         http.post("/invocations", json={"dataframe_records": served.rows.iloc[:1].to_dict(orient="records")})
         response = http.get("/metrics")
+        monitoring = http.get("/monitoring").json()  # no request in between: the same figures
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    families = {f.name: f for f in text_string_to_metric_families(response.text)}
-    versions = {s.labels["version"] for s in families["sweeps_requests"].samples}
-    assert "1" in versions
-    drift = {s.labels["feature"] for s in families["sweeps_feature_mean_shift"].samples if s.labels["version"] == "1"}
+    assert response.headers["x-model-version"] == "1"
+    samples = [s for family in text_string_to_metric_families(response.text) for s in family.samples]
+
+    def one(name: str, **labels: str) -> list[Any]:
+        return [s for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+
+    assert [s.value for s in one("sweeps_model_loaded")] == [1.0]
+    (info,) = one("sweeps_model_info", version="1")
+    run_id = served.client.get_model_version(MODEL, "1").run_id
+    assert (info.labels["model"], info.labels["run_id"], info.value) == (MODEL, run_id, 1.0)
+    by_code = {s.labels["code"]: s.value for s in one("sweeps_requests_total", model=MODEL, version="1")}
+    with served.lock:
+        assert sum(by_code.values()) == served.sent["1"]
+    buckets = [
+        (float(s.labels["le"]), s.value) for s in one("sweeps_request_duration_seconds_bucket", version="1")
+    ]
+    (count,) = one("sweeps_request_duration_seconds_count", version="1")
+    assert count.value == buckets[-1][1] == sum(by_code.values())
+    (figures,) = [v for v in monitoring["versions"] if v["model"]["version"] == "1"]
+    assert promql_histogram_quantile(0.99, buckets) * 1000 == pytest.approx(figures["latency"]["p99_ms"])
+    drift = {s.labels["feature"] for s in one("sweeps_feature_mean_shift", version="1")}
     assert drift == set(COLUMNS)
 
 
@@ -352,7 +372,7 @@ def test_sweeps_serve_refuses_a_model_the_registry_lacks_before_starting_ray(tmp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = CliRunner().invoke(cli, ["serve", "--model", "models:/absent@champion", f"tracking.uri={uri}"])
     assert result.exit_code == 2, result.output
-    assert "The registry has no alias 'champion' of model 'absent'" in result.output
+    assert "has no alias 'champion' of model 'absent'" in result.output
 
 
 def test_serve_yaml_is_a_valid_serve_config_for_the_app_builder() -> None:

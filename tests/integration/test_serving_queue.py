@@ -32,6 +32,7 @@ def tiny_queue(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     client.create_experiment("wine-elasticnet", artifact_location=str(workdir / "artifacts"))
     client.create_registered_model(MODEL)
     result = train_once(load_config(overrides=[f"data.path={data_dir}", f"tracking.uri={uri}", "data.wine=red"]))
+    assert result.model_uri is not None
     with use_tracking(uri):
         version = client.create_model_version(MODEL, source=result.model_uri, run_id=result.run_id)
     client.set_registered_model_alias(MODEL, "champion", version.version)

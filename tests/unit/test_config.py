@@ -8,8 +8,19 @@ from typing import get_args
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from sweeps.config import CONFIG_DIR, DEFAULT_CONFIG, Config, DataConfig, Metric, TrackingConfig, load_config
+from sweeps.config import (
+    CONFIG_DIR,
+    DEFAULT_CONFIG,
+    Config,
+    DataConfig,
+    Metric,
+    ServeConfig,
+    TrackingConfig,
+    format_validation_error,
+    load_config,
+)
 from sweeps.errors import ConfigError
 from training.objective import METRICS
 
@@ -104,6 +115,17 @@ def test_every_error_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model\.alpha: .*\n.*model\.l1_ratio: ") as info:
         load_config(path)
     assert len(str(info.value).splitlines()) == 2
+
+
+def test_format_validation_error_puts_a_section_before_the_field() -> None:
+    with pytest.raises(ValidationError, match=r"2 validation errors for ServeConfig") as info:
+        ServeConfig.model_validate({"port": 0, "host": None})
+    text = format_validation_error(info.value, "command line --port 0", section="serve")
+    assert text.splitlines() == [
+        "command line --port 0: serve.host: Input should be a valid string (got None)",
+        "command line --port 0: serve.port: Input should be greater than or equal to 1 (got 0)",
+    ]
+    assert "For further information" not in text
 
 
 # --- rules -----------------------------------------------------------------------------------
@@ -272,6 +294,26 @@ def test_dotted_overrides_are_typed_as_yaml() -> None:
     assert [o.metric for o in config.sweep.objectives] == ["mae", "nonzero_coefs"]
     assert config.registry.policy.kind == "knee"
     assert config.split.seed == 7
+
+
+@pytest.mark.parametrize("word", ["off", "on", "yes", "no", "true", "False", "y", "n"])
+def test_text_fields_take_yaml_boolean_words_as_text(word: str) -> None:
+    config = load_config(None, [f"sweep.name={word}", f"registry.model_name={word}", f"tracking.experiment={word}"])
+    assert (config.sweep.name, config.registry.model_name, config.tracking.experiment) == (word, word, word)
+
+
+def test_text_fields_take_numbers_and_dates_as_written_while_booleans_stay_booleans() -> None:
+    config = load_config(
+        None,
+        ["sweep.name=2024-01-01", "registry.model_name=007", "tracking.uri=on", "sweep.storage=1e3",
+         "data.drop_duplicates=false", "serve.access_log=yes", "sweep.name=0x10"],
+    )
+    assert config.sweep.name == "0x10"
+    assert (config.registry.model_name, config.tracking.uri, config.sweep.storage) == ("007", "on", "1e3")
+    assert config.data.drop_duplicates is False
+    assert config.serve.access_log is True
+    assert load_config(None, ["sweep.name=null"]).sweep.name is None, "an optional name is unset by null"
+    assert load_config(None, ["registry.model_name=null"]).registry.model_name == "null"
 
 
 def test_bare_model_params_set_the_model() -> None:

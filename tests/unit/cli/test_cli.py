@@ -59,7 +59,8 @@ def test_train_help_explains_overrides(runner: CliRunner) -> None:
 @pytest.mark.parametrize("command", ["train", "data"])
 def test_config_error_exits_2_with_one_line(runner: CliRunner, command: str) -> None:
     result = runner.invoke(app, [command, "alpha=-1"])
-    assert_one_line_error(result, 2, r"with overrides \['alpha=-1'\]: model\.alpha: Input should be greater than")
+    message = r"with overrides \['alpha=-1'\]: model\.alpha: The 'alpha' parameter of ElasticNet must be a float"
+    assert_one_line_error(result, 2, message)
 
 
 def test_unknown_field_exits_2(runner: CliRunner) -> None:
@@ -94,6 +95,36 @@ def test_bad_data_file_exits_2(runner: CliRunner, tmp_path: Path) -> None:
     path.write_text("", encoding="utf-8")
     result = runner.invoke(app, ["train", f"data.path={path}", "data.wine=red"])
     assert_one_line_error(result, 2, rf"{re.escape(str(path))}: the file is empty")
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--port", "70000"], r"^error: command line --port 70000: serve\.port: Input should be less than or equal "
+                              r"to 65535 \(got 70000\)$"),
+        (["--host", "::1", "--port", "0"], r"^error: command line --host ::1 --port 0: serve\.port: Input should be "
+                                           r"greater than or equal to 1 \(got 0\)$"),
+        (["serve.port=0"], r"^error: .*wine\.yaml with overrides \['serve\.port=0'\]: serve\.port: Input should be "
+                           r"greater than or equal to 1 \(got 0\)$"),
+    ],
+    ids=["--port", "--host --port", "override"],
+)
+def test_bad_serve_setting_exits_2_naming_where_and_field(runner: CliRunner, args: list[str], pattern: str) -> None:
+    result = runner.invoke(app, ["serve", *args])
+    assert_one_line_error(result, 2, pattern)
+    assert "For further information" not in result.output
+    assert "validation error" not in result.output
+
+
+def test_resume_with_a_bad_stored_config_exits_2_naming_the_file(runner: CliRunner, tmp_path: Path) -> None:
+    from sweeps.sweep.state import SweepState
+
+    state = SweepState(tmp_path / "state", "old")
+    state.write_meta(status="interrupted", pid=0, config={"serve": {"port": 0}})
+    result = runner.invoke(app, ["resume", "old", "--storage", str(tmp_path / "state")])
+    where = re.escape(str(state.meta_path))
+    assert_one_line_error(result, 2, rf"^error: {where}: config\.serve\.port: Input should be greater than or equal")
+    assert "For further information" not in result.output
 
 
 def test_unknown_option_is_a_usage_error(runner: CliRunner) -> None:

@@ -12,9 +12,9 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from sweeps.config import load_config
-from sweeps.errors import ConfigError
+from sweeps.errors import ConfigError, ModelNotFound
 from sweeps.registry.lineage import resolve_lineage
-from sweeps.registry.versions import CHAMPION, ModelNotFound, ModelRef, parse_model_uri
+from sweeps.registry.versions import CHAMPION, ModelRef, parse_model_uri
 from sweeps.sweep.state import SweepState
 from sweeps.tracking.lookup import find_sweep_run, find_trial_run
 from sweeps.tracking.names import TAG_DIGEST, TAG_KIND, TAG_POLICY, TAG_SWEEP, TAG_SWEEP_RUN, TAG_TRIAL, TAG_TRIAL_KEY

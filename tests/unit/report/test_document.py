@@ -23,11 +23,11 @@ from typer.testing import CliRunner
 
 from sweeps.cli import app
 from sweeps.config import Config
-from sweeps.errors import UsageError
+from sweeps.errors import PlotUnavailable, UsageError
 from sweeps.pareto import pareto_numbers
 from sweeps.records import TrialRecord
 from sweeps.report.document import ReportFiles, failure_reasons, write_report
-from sweeps.report.plots import PlotUnavailable, param_importances, plot_history, plot_params, plot_pareto
+from sweeps.report.plots import param_importances, plot_history, plot_params, plot_pareto
 from sweeps.sweep.engine import SweepOutcome
 from sweeps.sweep.state import SweepState
 

@@ -13,7 +13,7 @@ from sweeps.config import ConstraintPolicy, KneePolicy, LexicographicPolicy, Obj
 from sweeps.errors import SelectionError
 from sweeps.pareto import pareto_front
 from sweeps.records import TrialRecord, TrialState
-from sweeps.selection.policies import describe_policy, select_best
+from sweeps.selection.policies import broken_bounds, constraint_candidates, describe_policy, select_best
 
 METRICS = ("rmse", "nonzero_coefs", "r2")
 MIN2 = [Objective(metric="rmse"), Objective(metric="nonzero_coefs")]
@@ -179,6 +179,22 @@ def test_constraint_nobody_satisfies_names_bounds_and_count() -> None:
         match=r"no trial satisfies the constraint bounds \(nonzero_coefs <= 2, rmse >= 0\.1\): checked 2",
     ):
         select_best(records, MIN2, policy)
+
+
+def test_constraint_candidates_come_in_the_policys_order_and_bounds_are_checked_on_any_metrics() -> None:
+    records = [
+        trial(0, rmse=0.50, nonzero_coefs=11),
+        trial(1, rmse=0.60, nonzero_coefs=3),
+        trial(2, rmse=0.55, nonzero_coefs=3),
+        trial(3, rmse=0.55, nonzero_coefs=2),
+        trial(4, state="FAIL"),
+    ]
+    policy = ConstraintPolicy(kind="constraint", metric="rmse", max={"nonzero_coefs": 3}, min={"rmse": 0.1})
+    assert [r.number for r in constraint_candidates(records, MIN2, policy)] == [3, 2, 1]
+    assert select_best(records, MIN2, policy).chosen.number == 3, "the first candidate is the one chosen"
+    assert broken_bounds(policy, {"rmse": 0.7, "nonzero_coefs": 3.0}) == []
+    assert broken_bounds(policy, {"rmse": 0.05, "nonzero_coefs": 5.0}) == ["nonzero_coefs = 5 > 3", "rmse = 0.05 < 0.1"]
+    assert broken_bounds(policy, {"rmse": math.nan}) == ["nonzero_coefs = nan > 3", "rmse = nan < 0.1"]
 
 
 def test_knee_is_closest_to_the_ideal_point() -> None:

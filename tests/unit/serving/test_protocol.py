@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from sweeps.errors import ProtocolError
 from sweeps.serving.figures import (
     FeatureStats,
     ModelIdentity,
@@ -22,7 +23,6 @@ from sweeps.serving.figures import (
 from sweeps.serving.prometheus import render_prometheus
 from sweeps.serving.protocol import (
     Limits,
-    ProtocolError,
     check_content_length,
     encode_error,
     encode_predictions,
@@ -392,4 +392,4 @@ def test_prometheus_text_parses_and_is_labelled_by_version() -> None:
     shift = {s.labels["feature"]: s.value for s in families["sweeps_feature_mean_shift"].samples}
     assert set(shift) == set(COLUMNS)
     assert shift["alcohol"] == pytest.approx(0.0, abs=1e-12)
-    assert re.search(r'^sweeps_model_loaded 1$', text, flags=re.MULTILINE)
+    assert re.search(r'^sweeps_model_loaded 1\.0$', text, flags=re.MULTILINE)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from training.data import Split, load_dataset, split_dataset
-from training.errors import ConvergenceFailure, NonFiniteMetric, ObjectiveError, ParamError, SweepsError
+from training.errors import ConvergenceFailure, NonFiniteMetric, ObjectiveError, ParamError, TrainingError
 from training.objective import (
     METRICS,
     ElasticNetParams,
@@ -109,7 +109,7 @@ def test_param_constraints(kwargs: dict[str, Any], message: str) -> None:
 def test_param_error_is_a_value_error_under_the_root() -> None:
     with pytest.raises(ValueError, match="'alpha' parameter"):
         ElasticNetParams(alpha=-1.0)
-    assert issubclass(ParamError, SweepsError)
+    assert issubclass(ParamError, TrainingError)
 
 
 def test_valid_edges_are_accepted() -> None:

@@ -1,0 +1,364 @@
+"""`sweeps predict` end to end: refuse early, score on Ray Data, count every row, publish, record.
+
+1. Before any work: the model URI, the version, its signature, the input's columns (a missing
+   feature column names the column and the file) and the output paths. Milliseconds; nothing
+   is written and Ray is not started if any of them is wrong.
+2. While Ray starts, one pass over the input's bytes hashes it and cuts it into fragments.
+3. The MLflow run (kind `batch-scoring`) is created; its id and the model's identity go into
+   every output file's metadata.
+4. The Ray Data pipeline (`source.run_pipeline`) writes part files to a staging folder; each
+   finished block reports its counts, which drive the progress bar.
+5. The counts are checked against the plan and against the files' footers, the staging folder
+   is published with a rename, and the run ends FINISHED with the figures. On any failure the
+   staging folder is removed and the run ends FAILED (KILLED on Ctrl+C) with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from mlflow import MlflowClient
+
+from sweeps.errors import PROJECT_ERRORS, RunFailed, UsageError
+from sweeps.registry.versions import parse_model_uri, resolve_version
+from sweeps.scoring.batch import BadRows, BlockSpec, FragmentCount, RowCounts, account
+from sweeps.scoring.output import BlockWriter, OutputTarget, discard, plan_output, publish, seal
+from sweeps.scoring.reader import InputPlan, inspect_input, plan_input
+from sweeps.scoring.runs import BatchRun, end_batch_run, start_batch_run
+from sweeps.serving.model import load_served_model
+from sweeps.tracking.names import (
+    TAG_BAD_ROWS,
+    TAG_BATCH_RUN,
+    TAG_ERRORS_PATH,
+    TAG_INPUT_DIGEST,
+    TAG_INPUT_PATH,
+    TAG_MODEL_NAME,
+    TAG_MODEL_URI,
+    TAG_MODEL_VERSION,
+    TAG_OUTPUT_PATH,
+    TAG_TRAINING_RUN,
+)
+
+__all__ = ["PredictProgress", "PredictRequest", "PredictResult", "predict"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """One batch-scoring job, as the command line states it."""
+
+    model_uri: str
+    input: Path
+    output: Path
+    bad_rows: BadRows = "error"
+    errors: Path | None = None
+    overwrite: bool = False
+    fragment_bytes: int = 16 << 20
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class PredictProgress:
+    """Where the job is: `phase` in words, and rows (CSV lines) done out of the total."""
+
+    phase: str
+    rows: int = 0
+    total: int = 0
+    elapsed_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a finished job wrote and recorded."""
+
+    model_uri: str
+    model_name: str
+    model_version: str
+    training_run_id: str
+    run_id: str
+    experiment_id: str
+    input: str
+    input_digest: str
+    output: str
+    errors: str | None
+    files: int
+    counts: RowCounts
+    wall_s: float
+    scoring_s: float
+    output_files: int = 0
+    output_bytes: int = 0
+
+    @property
+    def rows_per_s(self) -> float:
+        """Rows scored (good and bad) per second of the Ray Data pipeline."""
+        return self.counts.rows_in / self.scoring_s if self.scoring_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"rows_per_s": self.rows_per_s}
+
+
+def _connect_ray(address: str | None) -> bool:
+    """Connect to (or start) Ray as a sweep does; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        ray.init(address=target, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    return True
+
+
+def _check_shared(paths: list[Path]) -> None:
+    """On a multi-host cluster, every node's tasks read the input and write the output: refuse local disks."""
+    from sweeps.sweep.cluster import NETWORK_FILESYSTEMS, cluster_nodes, filesystem_type, hosts
+
+    nodes = hosts([str(n["ip"]) for n in cluster_nodes()])
+    if len(nodes) <= 1:
+        return
+    for path in paths:
+        kind = filesystem_type(path)
+        if kind is None or not (kind in NETWORK_FILESYSTEMS or kind.startswith("fuse.")):
+            raise UsageError(
+                f"{path} is on a {kind or 'unknown'} filesystem, but the Ray cluster spans {len(nodes)} hosts "
+                f"({', '.join(nodes)}) whose tasks all read the input and write the output; put both on a "
+                "disk every node mounts (the NFS/EFS share of cluster.yaml)."
+            )
+
+
+def _project_error(exc: BaseException) -> BaseException | None:
+    """The project's own error inside a Ray task failure (`RayTaskError.cause`), if there is one."""
+    from ray.exceptions import RayTaskError
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, RayTaskError):  # an instance of its cause's class too: unwrap it
+            todo.append(current.cause)
+        elif isinstance(current, PROJECT_ERRORS):
+            # Ray Data appends its retry advice to the message ("\nFailed to apply UDF transform
+            # after 1/1 attempts ... DataContext ..."): our errors are not transient, drop it.
+            message = str(current.args[0]) if current.args else ""
+            cut = message.find("\nFailed to ")
+            if cut >= 0 and "DataContext" in message[cut:]:
+                current.args = (message[:cut], *current.args[1:])
+            return current
+        else:
+            todo += [current.__cause__, current.__context__]
+    return None
+
+
+def _plan_in_background(layout: Any, fragment_bytes: int) -> Callable[[], InputPlan]:
+    """Hash and cut the input in a thread (hashing and reads release the GIL) while Ray starts."""
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["plan"] = plan_input(layout, fragment_bytes)
+        except BaseException as exc:  # handed to the caller, who re-raises it
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, name="sweeps-plan", daemon=True)
+    thread.start()
+
+    def wait() -> InputPlan:
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        plan: InputPlan = result["plan"]
+        return plan
+
+    return wait
+
+
+def predict(
+    client: MlflowClient,
+    tracking_uri: str,
+    request: PredictRequest,
+    on_progress: Callable[[PredictProgress], None] | None = None,
+) -> PredictResult:
+    """Score `request.input` with a registered model version on Ray Data; see the module docstring."""
+    started = time.perf_counter()
+    say = on_progress or (lambda _: None)
+    version = resolve_version(client, parse_model_uri(request.model_uri))
+    say(PredictProgress(f"loading {version.name} version {version.version}"))
+    model = load_served_model(client, tracking_uri, version)
+    layout = inspect_input(request.input, model.columns)
+    target = plan_output(request.output, request.errors, request.bad_rows, request.overwrite, request.input)
+    say(PredictProgress(f"reading {len(layout.files)} file(s) and starting Ray"))
+    wait_for_plan = _plan_in_background(layout, request.fragment_bytes)
+    owns_ray = False
+    try:
+        owns_ray = _connect_ray(request.address)
+        plan = wait_for_plan()
+        if request.address or os.environ.get("RAY_ADDRESS"):
+            _check_shared([layout.root.absolute(), target.output.parent])
+        tags = {
+            TAG_MODEL_URI: request.model_uri,
+            TAG_INPUT_PATH: str(layout.root.absolute()),
+            TAG_OUTPUT_PATH: str(target.output),
+            TAG_INPUT_DIGEST: plan.digest,
+            TAG_BAD_ROWS: request.bad_rows,
+        } | ({TAG_ERRORS_PATH: str(target.errors)} if target.errors is not None else {})
+        run = start_batch_run(client, version, tags)
+        metadata = {
+            TAG_MODEL_NAME: run.model_name,
+            TAG_MODEL_VERSION: run.model_version,
+            TAG_TRAINING_RUN: run.training_run_id,
+            TAG_MODEL_URI: request.model_uri,
+            TAG_BATCH_RUN: run.run_id,
+            TAG_INPUT_DIGEST: plan.digest,
+        }
+        writer = BlockWriter(
+            BlockSpec.from_plan(plan), model.predict, request.bad_rows, str(target.parts), str(target.error_parts),
+            metadata,
+        )
+        result = _score(client, request, plan, target, run, writer, started, say)
+        log.info("scored %s with %s (fast path: %s)", request.input, request.model_uri, model.fast_path)
+        return result
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _score(
+    client: MlflowClient,
+    request: PredictRequest,
+    plan: InputPlan,
+    target: OutputTarget,
+    run: BatchRun,
+    writer: BlockWriter,
+    started: float,
+    say: Callable[[PredictProgress], None],
+) -> PredictResult:
+    counts: list[FragmentCount] = []
+    scoring_started = time.perf_counter()
+    document: dict[str, Any] = {
+        "request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
+        "input": {
+            "format": plan.layout.format,
+            "digest": plan.digest,
+            "files": [
+                {"path": str(f.path), "bytes": f.size, "sha256": d}
+                for f, d in zip(plan.layout.files, plan.file_digests, strict=True)
+            ],
+            "fragments": len(plan.fragments),
+            "rows_planned": plan.rows,
+        },
+        "output": {"path": str(target.output), "errors": str(target.errors) if target.errors else None},
+        "metadata": writer.metadata,
+    }
+    try:
+        target.parts.mkdir(parents=True)
+        target.error_parts.mkdir()
+        done = 0
+        say(PredictProgress("scoring", 0, plan.rows, 0.0))
+        try:
+            for summary in _summaries(plan, writer):
+                for row in summary.to_pylist():
+                    counts.append(FragmentCount(row["fragment"], row["rows_in"], row["rows_out"], row["rows_bad"],
+                                                row["blank"]))
+                    done += row["rows_in"] + row["blank"]
+                say(PredictProgress("scoring", done, plan.rows, time.perf_counter() - scoring_started))
+        finally:
+            scoring_s = time.perf_counter() - scoring_started
+        totals = account(plan, counts)
+        sealed = seal(target, writer.spec, writer.metadata)
+        if (sealed.rows_out, sealed.rows_bad) != (totals.rows_out, totals.rows_bad):
+            raise RunFailed(
+                f"the files hold {sealed.rows_out} scored and {sealed.rows_bad} error rows, but the tasks reported "
+                f"{totals.rows_out} and {totals.rows_bad}; nothing was published."
+            )
+        publish(target)
+    except BaseException as exc:
+        discard(target)
+        partial = _metrics(RowCounts(*_sums(counts)), time.perf_counter() - started, 0.0, plan)
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        end_batch_run(client, run, status, partial, document, error=str(exc) or type(exc).__name__)
+        raise
+    wall_s = time.perf_counter() - started
+    metrics = _metrics(totals, wall_s, scoring_s, plan) | {
+        "output_files": float(sealed.files),
+        "output_bytes": float(sealed.bytes),
+    }
+    document["counts"] = asdict(totals)
+    document["timings"] = {"wall_s": wall_s, "scoring_s": scoring_s}
+    end_batch_run(client, run, "FINISHED", metrics, document)
+    return PredictResult(
+        model_uri=request.model_uri,
+        model_name=run.model_name,
+        model_version=run.model_version,
+        training_run_id=run.training_run_id,
+        run_id=run.run_id,
+        experiment_id=run.experiment_id,
+        input=str(plan.layout.root.absolute()),
+        input_digest=plan.digest,
+        output=str(target.output),
+        errors=str(target.errors) if target.errors is not None else None,
+        files=len(plan.layout.files),
+        counts=totals,
+        wall_s=wall_s,
+        scoring_s=scoring_s,
+        output_files=sealed.files,
+        output_bytes=sealed.bytes,
+    )
+
+
+def _summaries(plan: InputPlan, writer: BlockWriter) -> Iterator[pa.Table]:
+    from sweeps.scoring.source import run_pipeline
+
+    try:
+        yield from run_pipeline(plan, writer)
+    except Exception as exc:
+        cause = _project_error(exc)
+        if cause is not None:
+            raise cause from None
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise RunFailed(f"the Ray Data pipeline failed: {first}") from exc
+
+
+def _sums(counts: list[FragmentCount]) -> tuple[int, int, int, int]:
+    return (
+        sum(c.rows_in for c in counts),
+        sum(c.rows_out for c in counts),
+        sum(c.rows_bad for c in counts),
+        sum(c.blank for c in counts),
+    )
+
+
+def _metrics(counts: RowCounts, wall_s: float, scoring_s: float, plan: InputPlan) -> dict[str, float]:
+    return {
+        "rows_in": float(counts.rows_in),
+        "rows_out": float(counts.rows_out),
+        "rows_bad": float(counts.rows_bad),
+        "blank_lines": float(counts.blank_lines),
+        "wall_s": wall_s,
+        "scoring_s": scoring_s,
+        "rows_per_s": counts.rows_in / scoring_s if scoring_s > 0 else 0.0,
+        "input_bytes": float(plan.bytes),
+        "input_files": float(len(plan.layout.files)),
+        "fragments": float(len(plan.fragments)),
+    }

@@ -1,0 +1,211 @@
+"""The bulk MLflow writer against MLflow's own client, on a SQLite store in tmp_path (no server)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+import sweeps._compat
+from sweeps._compat.mlflow_sql import (
+    TESTED_SCHEMA_REVISIONS,
+    BulkRunWriter,
+    FinishedRun,
+    bulk_writer,
+    schema_revision,
+)
+
+METRICS = {"rmse": 0.61, "mae": 0.47, "r2": math.nan, "fit_seconds": math.inf, "neg": -math.inf}
+PARAMS = {"alpha": "0.01", "l1_ratio": "0.5"}
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the module: creating MLflow's schema takes a few seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def client(store_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=store_uri)
+
+
+@pytest.fixture
+def experiment_id(client: MlflowClient, request: pytest.FixtureRequest) -> str:
+    return str(client.create_experiment(request.node.name))
+
+
+def _store(client: MlflowClient) -> SqlAlchemyStore:
+    store = client._tracking_client.store
+    assert isinstance(store, SqlAlchemyStore)
+    return store
+
+
+def _writer(client: MlflowClient, experiment_id: str) -> BulkRunWriter:
+    writer = bulk_writer(client, experiment_id)
+    assert writer is not None, "the installed MLflow and a fresh store are the tested ones"
+    return writer
+
+
+def _trial(parent_id: str, name: str = "trial-7", status: str = "FINISHED", name_tag: bool = True) -> FinishedRun:
+    tags = {MLFLOW_PARENT_RUN_ID: parent_id, "sweeps.kind": "trial", "sweeps.trial": "7"}
+    if name_tag:
+        tags[MLFLOW_RUN_NAME] = name
+    return FinishedRun(name, status, 1_700_000_000_123, 1_700_000_002_456, tags, PARAMS, METRICS)
+
+
+def _through_client(client: MlflowClient, experiment_id: str, run: FinishedRun) -> str:
+    """The same run through MLflow's public API: create_run, log_batch, set_terminated."""
+    created = client.create_run(experiment_id, start_time=run.start_time, tags=dict(run.tags), run_name=run.name)
+    run_id = str(created.info.run_id)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, run.end_time, 0) for k, v in run.metrics.items()],
+        params=[Param(k, v) for k, v in run.params.items()],
+    )
+    client.set_terminated(run_id, status=run.status, end_time=run.end_time)
+    return run_id
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+def _assert_same_run(fast: Run, slow: Run) -> None:
+    for field in ("status", "start_time", "end_time", "run_name", "lifecycle_stage", "experiment_id"):
+        assert getattr(fast.info, field) == getattr(slow.info, field), field
+    assert fast.info.artifact_uri.replace(fast.info.run_id, "<id>") == slow.info.artifact_uri.replace(
+        slow.info.run_id, "<id>"
+    )
+    assert fast.data.params == slow.data.params
+    assert fast.data.tags == slow.data.tags
+    assert fast.data.metrics.keys() == slow.data.metrics.keys()
+    for key, value in slow.data.metrics.items():
+        assert _same(fast.data.metrics[key], value), (key, fast.data.metrics[key], value)
+
+
+@pytest.mark.parametrize(("status", "name_tag"), [("FINISHED", True), ("FAILED", True), ("FINISHED", False)])
+def test_bulk_run_reads_back_like_a_client_run(
+    client: MlflowClient, experiment_id: str, status: str, name_tag: bool
+) -> None:
+    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
+    trial = _trial(parent_id, status=status, name_tag=name_tag)
+
+    [fast_id] = _writer(client, experiment_id).write([trial])
+    slow_id = _through_client(client, experiment_id, trial)
+
+    fast, slow = client.get_run(fast_id), client.get_run(slow_id)
+    _assert_same_run(fast, slow)
+    assert math.isnan(fast.data.metrics["r2"])
+    assert fast.data.metrics["fit_seconds"] == slow.data.metrics["fit_seconds"] > 1e308  # MLflow clamps inf
+    assert fast.data.metrics["neg"] == slow.data.metrics["neg"] < -1e308
+    for key in METRICS:
+        fast_history = [(m.value, m.timestamp, m.step) for m in client.get_metric_history(fast_id, key)]
+        slow_history = [(m.value, m.timestamp, m.step) for m in client.get_metric_history(slow_id, key)]
+        assert len(fast_history) == len(slow_history) == 1
+        assert _same(fast_history[0][0], slow_history[0][0])
+        assert fast_history[0][1:] == slow_history[0][1:]
+
+
+def test_bulk_runs_are_found_nested_under_their_parent(client: MlflowClient, experiment_id: str) -> None:
+    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
+    other_parent = str(client.create_run(experiment_id, run_name="other sweep").info.run_id)
+    writer = _writer(client, experiment_id)
+    mine = writer.write([_trial(parent_id, f"trial-{i}") for i in range(3)])
+    writer.write([_trial(other_parent, "elsewhere")])
+    slow_id = _through_client(client, experiment_id, _trial(parent_id, "by-client"))
+
+    nested = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert {r.info.run_id for r in nested} == {*mine, slow_id}
+    # Searching on a metric reads `latest_metrics`, which the bulk path fills too.
+    good = client.search_runs([experiment_id], filter_string="metrics.rmse < 0.7 and attributes.status = 'FINISHED'")
+    assert {*mine, slow_id} <= {r.info.run_id for r in good}
+
+
+def test_a_batch_is_written_whole_or_not_at_all(client: MlflowClient, experiment_id: str) -> None:
+    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
+    good = _trial(parent_id, "good")
+    torn = FinishedRun("torn", "FINISHED", 1, 2, {}, {"alpha": None}, {})  # type: ignore[dict-item]
+
+    with pytest.raises(MlflowException, match=r"NOT NULL constraint failed: params\.value"):
+        _writer(client, experiment_id).write([good, torn])
+
+    assert client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'") == []
+
+
+def test_a_finished_run_needs_a_terminal_status() -> None:
+    rule = r"status must be one of \['FAILED', 'FINISHED', 'KILLED'\], but got 'RUNNING'"
+    with pytest.raises(ValueError, match=rule):
+        FinishedRun("t", "RUNNING", 1, 2, {}, {}, {})
+
+
+def test_a_run_name_tag_must_agree_with_the_run_name() -> None:
+    with pytest.raises(ValueError, match=r"mlflow\.runName tag must equal the run name, but got \('b', 'a'\)"):
+        FinishedRun("a", "FINISHED", 1, 2, {MLFLOW_RUN_NAME: "b"}, {}, {})
+
+
+def test_tested_revision_is_the_one_this_mlflow_creates(client: MlflowClient) -> None:
+    # Fails on an MLflow upgrade that migrates the schema: re-run these tests, then add the revision.
+    assert schema_revision(_store(client)) in TESTED_SCHEMA_REVISIONS
+
+
+def test_orm_tables_have_the_columns_the_bulk_writer_fills() -> None:
+    # A column added, renamed or dropped upstream must be looked at before the fast path is trusted.
+    columns = {table.__tablename__: {c.name for c in table.__table__.columns}
+               for table in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric)}
+    assert columns == {
+        "runs": {"run_uuid", "name", "source_type", "source_name", "entry_point_name", "user_id", "status",
+                 "start_time", "end_time", "deleted_time", "source_version", "lifecycle_stage", "artifact_uri",
+                 "experiment_id"},
+        "tags": {"key", "value", "run_uuid"},
+        "params": {"key", "value", "run_uuid"},
+        "metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"},
+        "latest_metrics": {"key", "value", "timestamp", "step", "is_nan", "run_uuid"},
+    }
+
+
+def test_untested_mlflow_falls_back_with_one_warning(
+    client: MlflowClient, experiment_id: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sweeps._compat, "installed_version", lambda package: "3.99.0")
+    with caplog.at_level(logging.WARNING, logger="sweeps._compat"):
+        assert bulk_writer(client, experiment_id) is None
+        assert bulk_writer(client, experiment_id) is None
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 1
+    assert "mlflow 3.99.0 is not a version sweeps was tested with (mlflow 3.17.*)" in messages[0]
+
+
+def test_untested_schema_revision_falls_back_with_one_warning(
+    store_uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "later.db"
+    with sqlite3.connect(store_uri.removeprefix("sqlite:///")) as source, sqlite3.connect(path) as copy:
+        source.backup(copy)  # a copy of the module's store: creating MLflow's schema again takes seconds
+    client = MlflowClient(tracking_uri=f"sqlite:///{path}")
+    experiment_id = str(client.create_experiment("later"))
+    # As if a newer MLflow had migrated the database after this process opened it.
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = 'f00dfeed1234'")
+    with caplog.at_level(logging.WARNING, logger="sweeps._compat"):
+        assert bulk_writer(client, experiment_id) is None
+        assert bulk_writer(client, experiment_id) is None
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 1
+    assert "at schema revision f00dfeed1234, not one sweeps was tested with" in messages[0]
+
+
+def test_a_store_that_is_not_sql_gets_no_bulk_writer(caplog: pytest.LogCaptureFixture) -> None:
+    client = MlflowClient(tracking_uri="http://127.0.0.1:9")  # never contacted
+    with caplog.at_level(logging.WARNING, logger="sweeps._compat"):
+        assert bulk_writer(client, "0") is None
+    assert caplog.records == []

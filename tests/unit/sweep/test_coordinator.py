@@ -1,0 +1,56 @@
+"""The coordinator's study, without Ray: objective values carry their metric names in the journal."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeps.config import CONFIG_DIR, Config, load_config
+from sweeps.sweep.coordinator import Coordinator
+from sweeps.sweep.state import SweepState
+
+
+def _config(name: str, *overrides: str) -> Config:
+    return load_config(CONFIG_DIR / name, list(overrides))
+
+
+def _stored_names(root: Path, name: str) -> list[str] | None:
+    """The metric names as a fresh reader of the journal (optuna-dashboard) sees them."""
+    return optuna.load_study(study_name=name, storage=SweepState(root, name).storage()).metric_names
+
+
+@pytest.mark.parametrize(
+    ("config_file", "expected"), [("wine.yaml", ["rmse"]), ("smoke.yaml", ["rmse", "nonzero_coefs"])]
+)
+def test_a_new_study_names_its_objective_values(tmp_path: Path, config_file: str, expected: list[str]) -> None:
+    config = _config(config_file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optuna.exceptions.ExperimentalWarning)  # not shown to the user
+        Coordinator(config.model_dump(mode="json"), "named", str(tmp_path), None)
+    assert _stored_names(tmp_path, "named") == expected
+
+
+def test_a_resumed_study_without_names_gets_them_and_keeps_its_trials(tmp_path: Path) -> None:
+    config = _config("smoke.yaml")
+    # A journal written before metric names were set: two objectives, one finished trial, no names.
+    old = optuna.create_study(
+        study_name="old", storage=SweepState(tmp_path, "old").storage(), directions=["minimize", "minimize"]
+    )
+    old.add_trial(
+        optuna.trial.create_trial(
+            params={"alpha": 0.5},
+            distributions={"alpha": optuna.distributions.FloatDistribution(1e-4, 10, log=True)},
+            values=[0.8, 3.0],
+        )
+    )
+    assert _stored_names(tmp_path, "old") is None
+
+    coordinator = Coordinator(config.model_dump(mode="json"), "old", str(tmp_path), None)
+    assert _stored_names(tmp_path, "old") == ["rmse", "nonzero_coefs"]
+    assert coordinator.to_ask == config.sweep.num_trials - 1, "the finished trial still counts"
+
+    Coordinator(config.model_dump(mode="json"), "old", str(tmp_path), None)  # resumed again: names unchanged
+    assert _stored_names(tmp_path, "old") == ["rmse", "nonzero_coefs"]
