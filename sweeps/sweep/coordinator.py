@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps._compat.optuna_tpe import running_trial
 from sweeps.config import Config
 from sweeps.records import TrialRecord
 from sweeps.sweep.sampler import make_sampler
@@ -101,7 +102,7 @@ class Coordinator:
         batch: list[dict[str, Any]] = []
         while self.pending and len(batch) < size:
             frozen = self.pending.popleft()
-            lease[frozen.number] = optuna.Trial(self.study, frozen._trial_id)
+            lease[frozen.number] = running_trial(self.study, frozen)
             batch.append({"number": frozen.number, "params": dict(frozen.params)})
         while self.to_ask and len(batch) < size:
             trial = self.study.ask(fixed_distributions=self.dists)

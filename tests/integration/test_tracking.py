@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 
 from sweeps.config import CONFIG_DIR, Config, load_config
 from sweeps.dataset import load_data
+from sweeps.report.document import write_report
 from sweeps.sweep.engine import SweepOutcome, resolve_sweep_name, run_sweep
 from sweeps.sweep.state import SweepState
 from sweeps.tracking.lookup import find_sweep_run, trial_runs
@@ -36,7 +37,7 @@ def _config(data_dir: Path, tmp_path: Path, uri: str, *overrides: str) -> Config
 
 def _tracked_sweep(config: Config, objective: Any = evaluate) -> SweepOutcome:
     bundle = load_data(config.data, config.split)
-    tracker = SweepTracker(config, bundle, resolve_sweep_name(config))
+    tracker = SweepTracker(config, bundle, resolve_sweep_name(config), artifacts=write_report)
     return run_sweep(config, callbacks=[tracker], objective=objective, bundle=bundle)
 
 
@@ -114,6 +115,60 @@ def test_parent_run_holds_config_card_and_report(data_dir: Path, tmp_path: Path,
     for run in children:
         number = int(run.data.tags["sweeps.trial"])
         assert frame.loc[number, "metrics.rmse"] == pytest.approx(run.data.metrics["rmse"])
+
+
+def _wall_history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
+    return {key: [m.value for m in client.get_metric_history(run_id, key)] for key in ("wall_s", "trials_per_s")}
+
+
+def test_rerun_of_a_finished_sweep_records_nothing_new_and_a_resume_adds_up(
+    data_dir: Path, tmp_path: Path, tracking_uri: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from sweeps import pipeline
+    from sweeps.cli import app
+
+    config = _config(data_dir, tmp_path, tracking_uri, "sweep.name=again", "sweep.num_trials=20")
+    first = pipeline.sweep(config)
+    state = SweepState(tmp_path / "state", "again")
+    meta = state.meta_path.read_text(encoding="utf-8")
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    assert experiment is not None
+    parent = find_sweep_run(client, experiment.experiment_id, "again")
+    assert parent is not None
+    history = _wall_history(client, parent.info.run_id)
+    assert history == {"wall_s": [first.wall_s], "trials_per_s": [pytest.approx(20 / first.wall_s)]}
+    assert first.trials_per_s > 0
+
+    def cli(*args: str) -> Any:
+        import json
+
+        result = CliRunner().invoke(app, [*args, "--storage", str(tmp_path / "state"), "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    shown, listed = cli("show", "again"), cli("ls")
+    again = pipeline.sweep(config)  # the same command: nothing left to do
+    assert (again.evaluated_now, again.wall_s, again.trials_per_s) == (0, first.wall_s, first.trials_per_s)
+    assert state.meta_path.read_text(encoding="utf-8") == meta, "a no-op re-run writes nothing to sweep.json"
+    assert (cli("show", "again"), cli("ls")) == (shown, listed)
+    assert shown["wall_s"] == round(first.wall_s, 3)
+    rerun = client.get_run(parent.info.run_id)
+    assert _wall_history(client, parent.info.run_id) == history, "no new point in any summary metric's history"
+    assert (rerun.info.status, rerun.info.end_time) == ("FINISHED", parent.info.end_time)
+
+    more = pipeline.sweep(load_config(CONFIG_DIR / "smoke.yaml", [
+        f"data.path={data_dir}", f"sweep.storage={tmp_path / 'state'}", f"tracking.uri={tracking_uri}",
+        "sweep.name=again", "sweep.num_trials=40",
+    ]))
+    assert (more.evaluated_now, more.evaluated) == (20, 40)
+    assert more.wall_s == pytest.approx(first.wall_s + more.wall_s_now), "a resumed sweep adds its parts up"
+    assert more.trials_per_s == pytest.approx(40 / more.wall_s)
+    assert _wall_history(client, parent.info.run_id)["wall_s"] == [first.wall_s, more.wall_s]
+    assert cli("show", "again")["wall_s"] == round(more.wall_s, 3)
+    assert cli("ls")[0]["started"] == listed[0]["started"], "the sweep started when its first command did"
 
 
 def _free_port() -> int:
