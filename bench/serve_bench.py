@@ -81,7 +81,8 @@ def register_model(workdir: Path) -> tuple[str, str]:
     name = "wine-bench"
     with use_tracking(uri):
         client.create_registered_model(name)
-        version = client.create_model_version(name, source=result.model_uri, run_id=result.run_id)
+        tags = {"sweeps.dataset_digest": result.dataset_digest, "sweeps.sweep": "bench", "sweeps.trial": "0"}
+        version = client.create_model_version(name, source=result.model_uri, run_id=result.run_id, tags=tags)
     client.set_registered_model_alias(name, "champion", str(version.version))
     return uri, f"models:/{name}@champion"
 

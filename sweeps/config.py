@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
+import reprlib
+import stat
 import weakref
+from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sweeps.errors import ConfigError
+from sweeps.safe_yaml import parse_yaml
 from training.objective import PARAM_CONSTRAINTS
 
 __all__ = [
     "CONFIG_DIR",
     "DEFAULT_CONFIG",
+    "MAX_CONFIG_BYTES",
     "ChoiceParam",
     "Config",
     "ConstraintPolicy",
@@ -63,8 +70,41 @@ Metric = Literal["rmse", "mae", "r2", "nonzero_coefs", "fit_seconds"]
 MODEL_PARAMS = tuple(PARAM_CONSTRAINTS)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # the shipped configs are about 2 KB
+# numpy's and scikit-learn's seeds are 32-bit; the split and the sampler also use seed + 1.
+MAX_SEED = 2**32 - 2
+
+
+def _takes_numbers(annotation: Any) -> bool:
+    """Whether a field takes only numbers (or null), or a dict of numbers."""
+    if get_origin(annotation) is dict:
+        annotation = get_args(annotation)[1]
+    args = set(get_args(annotation)) if get_origin(annotation) in (Union, UnionType) else {annotation}
+    kinds = args - {type(None)}
+    return bool(kinds) and kinds <= {int, float}
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, data: Any) -> Any:
+        # Pydantic reads true as 1 for a number: `sweep.num_trials=true` would run one trial. A
+        # boolean given for a number goes on as its text, so pydantic refuses it where it stands
+        # ("Input should be a valid integer ... (got 'true')").
+        if not isinstance(data, dict):
+            return data
+        changed = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(name, str) else None
+            if field is None or not _takes_numbers(field.annotation):
+                continue
+            if isinstance(value, bool):
+                changed[name] = str(value).lower()
+            elif isinstance(value, dict) and any(isinstance(v, bool) for v in value.values()):
+                changed[name] = {k: str(v).lower() if isinstance(v, bool) else v for k, v in value.items()}
+        return changed
 
 
 class DataConfig(_Strict):
@@ -91,7 +131,7 @@ class SplitConfig(_Strict):
 
     validation: float = Field(0.2, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> SplitConfig:
@@ -110,7 +150,7 @@ class ModelConfig(_Strict):
     l1_ratio: float = 0.5
     max_iter: int = 1000
     tol: float = 1e-4
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @field_validator(*PARAM_CONSTRAINTS)
     @classmethod
@@ -181,6 +221,30 @@ def _default_space() -> dict[str, SearchParam]:
     }
 
 
+def _storage_problem(storage: str) -> str | None:
+    """Why sweep state cannot be kept at `storage` (a file, or a folder it cannot write), else None."""
+    if "://" in storage or not storage.strip():
+        return None  # a URI or an empty string: refused by SweepConfig._local_folder
+    rule = "must be a folder the sweep can write"
+    path = Path(storage).absolute()
+    problem = None
+    for candidate in (path, *path.parents):
+        try:
+            info = candidate.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # created by the sweep, if the nearest existing folder allows
+        except (OSError, ValueError) as exc:
+            problem = f" cannot be checked ({getattr(exc, 'strerror', None) or exc})"
+        else:
+            below = "" if candidate == path else f" would be created under {str(candidate)!r}, which"
+            if not stat.S_ISDIR(info.st_mode):
+                problem = f"{below} is not a folder"
+            elif not os.access(candidate, os.W_OK | os.X_OK):
+                problem = f"{below} is not writable"
+        break
+    return f"{rule}, but {storage!r}{problem}." if problem else None
+
+
 class SweepConfig(_Strict):
     """Search space, objectives, sampler and budget of a sweep."""
 
@@ -192,18 +256,38 @@ class SweepConfig(_Strict):
     sampler: Literal["auto", "tpe", "nsga2", "random"] = Field(
         "auto", description="auto = TPE on a bounded window of history (multi-objective TPE for several objectives)."
     )
-    seed: int = 0
-    num_trials: int = Field(1000, ge=1)
-    concurrency: int = Field(2, ge=1, description="Tune workers running at once.")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    num_trials: int = Field(1000, ge=1, le=10**9)
+    concurrency: int = Field(2, ge=1, le=10_000, description="Tune workers running at once.")
     batch_size: int = Field(
-        64, ge=1, description="Configs evaluated per Tune trial: asked from Optuna and told back together."
+        64, ge=1, le=10_000, description="Configs evaluated per Tune trial: asked from Optuna and told back together."
     )
     tpe_window: int = Field(
         1000, ge=10, description="TPE learns from at most this many recent trials, bounding ask cost."
     )
-    time_budget_s: float | None = Field(None, gt=0)
+    time_budget_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     max_failures: int = Field(3, ge=0, description="Retries of a Tune trial whose worker died.")
-    storage: str = Field("./sweeps-state", description="Folder (or shared path) for sweep state.")
+    storage: str = Field(
+        "./sweeps-state",
+        description="Folder for sweep state, on the driver's filesystem (on a multi-host cluster: a shared mount).",
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _local_folder(cls, storage: str) -> str:
+        # The Optuna journal is appended to with file locks and Tune's experiment folder is a local
+        # path: neither works on an object store, so a URI is refused here rather than turned into
+        # a folder named like it (./s3:/bucket/...).
+        scheme = storage.split("://", 1)[0] if "://" in storage else ""
+        if scheme:
+            raise ValueError(
+                f"a folder path is required (on a multi-host cluster, one on a filesystem every node mounts, "
+                f"e.g. /mnt/sweeps/state), but got the URI {storage!r}: the sweep's Optuna journal needs file "
+                "locks and appends, which an object store does not offer."
+            )
+        if not storage.strip():
+            raise ValueError("a folder path is required, but got an empty string.")
+        return storage
 
     @field_validator("search_space")
     @classmethod
@@ -229,9 +313,43 @@ class SweepConfig(_Strict):
             raise ValueError(f"objective metrics must be distinct, got {metrics}.")
         return objectives
 
+    @field_validator("storage")
+    @classmethod
+    def _writable_folder(cls, storage: str, info: ValidationInfo) -> str:
+        # Checked where a config comes in (`validate_tree`), before Ray starts; not when a stored one is re-read.
+        problem = _storage_problem(storage) if (info.context or {}).get("check_paths") else None
+        if problem:
+            raise ValueError(problem)
+        return storage
+
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
+
+
+# The schemes MLflow 3 opens a tracking store and model registry for (`postgresql+psycopg2` counts
+# as `postgresql`); a plugin's scheme (entry-point group `mlflow.tracking_store`) is accepted too.
+_TRACKING_SCHEMES = (
+    "", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc"
+)
+
+
+def _tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow cannot track to `uri`, else None."""
+    rule = (
+        "must be a path or a URI MLflow can track to "
+        "(file:, sqlite:, postgresql:, mysql:, mssql:, http:, https:, databricks:)"
+    )
+    try:
+        scheme = urlsplit(uri).scheme.lower()
+    except ValueError as exc:
+        return f"{rule}, but {uri!r} is not a URI ({exc})."
+    base = scheme.partition("+")[0]
+    if base in _TRACKING_SCHEMES or len(scheme) == 1:  # one letter: a Windows drive
+        return None
+    if scheme in {e.name for e in entry_points(group="mlflow.tracking_store")}:
+        return None
+    return f"{rule}, but got scheme {scheme!r} in {uri!r}."
 
 
 class TrackingConfig(_Strict):
@@ -241,10 +359,29 @@ class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; unset uses MLFLOW_TRACKING_URI or sqlite:///mlflow.db.")
     experiment: str = Field("wine-elasticnet", min_length=1)
     cost_per_cpu_hour: float = Field(0.05, ge=0, description="Price used to estimate a sweep's cost.")
+    flush_timeout_s: float = Field(
+        120.0, gt=0, le=86400,
+        description="Once the trials end, how long an unreachable tracking server is retried before the runs still "
+        "unwritten are left to `sweeps resume`.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _trackable(cls, uri: str | None) -> str | None:
+        problem = _tracking_uri_problem(uri) if uri else None
+        if problem:
+            raise ValueError(problem)
+        return uri
 
     @property
     def resolved_uri(self) -> str:
-        return self.uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+        if self.uri:
+            return self.uri
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        problem = _tracking_uri_problem(env) if env else None
+        if problem:
+            raise ConfigError(f"environment variable MLFLOW_TRACKING_URI: {problem}")
+        return env or "sqlite:///mlflow.db"
 
 
 class LexicographicPolicy(_Strict):
@@ -318,6 +455,28 @@ class ServeConfig(_Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     alias_poll_s: float = Field(5.0, gt=0, description="How often the alias is re-read for hot swap.")
     access_log: bool = Field(False, description="Ray Serve's per-request access log (costs throughput).")
+    trusted_formats: tuple[Literal["skops", "pickle", "cloudpickle"], ...] = Field(
+        ("skops",),
+        min_length=1,
+        description="Serialization formats a model version may use to be loaded; pickle and cloudpickle run "
+        "code from the registry when loaded, so allow them only for a registry you trust (docs/serving.md).",
+    )
+    require_lineage: bool = Field(
+        True, description="Load only versions tagged with this project's lineage (sweep, trial, dataset digest)."
+    )
+    skops_trusted_types: tuple[str, ...] = Field(
+        (),
+        description="Types a skops model may hold beyond skops' defaults (never the model's own list).",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, le=1024 * 1024, description="Request line plus headers; more is answered 431."
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Time a client has to send a request's headers; then 408 and closed."
+    )
+    max_connections: int = Field(
+        1000, ge=2, le=1_000_000, description="Open connections to the HTTP front; the longest idle is closed first."
+    )
 
 
 class Config(_Strict):
@@ -373,7 +532,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if key in MODEL_PARAMS:
             key = f"model.{key}"
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = parse_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({_yaml_problem(exc)}).") from exc
         text_field = _text_field(key)
@@ -425,14 +584,76 @@ def format_validation_error(exc: ValidationError, where: str, section: str | Non
     (`serve` for `ServeConfig`), so the path reads as it would in the YAML file.
     """
     lines = []
-    for error in exc.errors():
-        parts = [str(p) for p in error["loc"] if not str(p).startswith("function-")]
+    where = _clip(where, 500)
+    errors = exc.errors()
+    for error in errors[:_MAX_ERRORS_SHOWN]:
+        parts = [_clip(str(p), 80) for p in error["loc"] if not str(p).startswith("function-")]
         location = ".".join([section, *parts] if section else parts)
-        message = error["msg"].removeprefix("Value error, ")
+        message = _clip(error["msg"].removeprefix("Value error, "), 500)
         got = error.get("input")
-        suffix = "" if error["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {got!r})"
+        suffix = "" if error["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {_shown(got)})"
         lines.append(f"{where}: {location + ': ' if location else ''}{message}{suffix}")
+    if len(errors) > _MAX_ERRORS_SHOWN:
+        lines.append(f"{where}: and {len(errors) - _MAX_ERRORS_SHOWN} more error(s).")
     return "\n".join(lines)
+
+
+# An input is shown, never printed whole: a config can hold a megabyte string or a list of a
+# million items, and an error message must cost neither the memory nor the screen.
+_MAX_ERRORS_SHOWN = 20
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlevel = 3
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    try:
+        return _clip(_REPR.repr(value), 200)
+    except ValueError:  # an int beyond Python's 4,300-digit limit for printing
+        return f"an {type(value).__name__} too large to show"
+
+
+# UTF-32 first: its little-endian mark begins with UTF-16's.
+_FOREIGN_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
+def _read_config_text(source: Path) -> str:
+    """The config file as text: at most MAX_CONFIG_BYTES, UTF-8 (with or without a BOM), or a ConfigError saying why."""
+    try:
+        with source.open("rb") as handle:
+            payload = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config ({exc.strerror or exc}).") from exc
+    if len(payload) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: config is larger than {MAX_CONFIG_BYTES:,} bytes; a config is a few KB of YAML.")
+    for bom, encoding in _FOREIGN_BOMS:
+        if payload.startswith(bom):
+            raise ConfigError(
+                f"{source}: config is {encoding} text (it starts with a {encoding} byte-order mark); save it as UTF-8."
+            )
+    payload = payload.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = payload.rfind(b"\n", 0, exc.start) + 1
+        line = payload.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{source}: config is not UTF-8 text: byte 0x{payload[exc.start]:02x} at line {line}, column "
+            f"{exc.start - line_start + 1} ({exc.reason}); save it as UTF-8."
+        ) from None
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ConfigError(f"{source}: config has a NUL character at line {line} (UTF-16 text?); save it as UTF-8.")
+    return text
 
 
 def load_config(path: Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -441,12 +662,9 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     Every error names the file and the field path.
     """
     source = path or DEFAULT_CONFIG
+    text = _read_config_text(source)
     try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read config ({exc.strerror or exc}).") from exc
-    try:
-        tree = yaml.safe_load(text) or {}
+        tree = parse_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML ({_yaml_problem(exc)}).") from exc
     if not isinstance(tree, dict):
@@ -464,7 +682,7 @@ def validate_tree(tree: dict[str, Any], where: str) -> Config:
     `where` stays with the Config as its origin (`config_origin`), so later errors can name it.
     """
     try:
-        return remember_origin(Config.model_validate(tree), where)
+        return remember_origin(Config.model_validate(tree, context={"check_paths": True}), where)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from exc
 

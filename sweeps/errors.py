@@ -10,9 +10,13 @@ own (it never imports `sweeps`); they are re-exported here.
       UsageError                  2   the command line or environment asks for the impossible
         ConfigError               2   a config file or override is invalid (names file and field)
         SelectionError            2   no trial can be selected, or the policy is bad
+        SweepLocked               2   another live process holds the sweep (a second driver, a stuck select)
+        CorruptState              2   a sweep's state file cannot be read (names the file and what is wrong)
+        TrackingUnavailable       2   the MLflow tracking server does not answer (checked before any trial)
         RegistryError             2   a registry request cannot be carried out
           ModelNotFound           2   no such registered model, alias or version
         UnsupportedModel          2   a model version the endpoint cannot serve
+          UntrustedModel          2   a version refused before loading: a format that runs code, no lineage
       RunFailed                   1   a run started and could not finish
         MonitorError              1   the endpoint could not be read, or disagrees with the registry
         PlotUnavailable           1   a figure cannot be drawn from these trials
@@ -20,6 +24,8 @@ own (it never imports `sweeps`); they are re-exported here.
         BadRequest                2   400, not a well-formed scoring request
         InvalidInput              2   400, rows that do not fit the model's signature
         PayloadTooLarge           2   413, over a size limit
+        HeadersTooLarge           2   431, request headers over serve.max_header_bytes
+        RequestTimeout            2   408, request headers not complete within serve.header_timeout_s
         UnsupportedMediaType      2   415, a Content-Type the endpoint does not read
         NotFound                  2   404 (or 405), no such path or method
         ServiceUnavailable        1   503, no model loaded yet
@@ -50,7 +56,9 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "ConvergenceFailure",
+    "CorruptState",
     "DataError",
+    "HeadersTooLarge",
     "Interrupted",
     "InvalidInput",
     "ModelNotFound",
@@ -63,13 +71,17 @@ __all__ = [
     "PlotUnavailable",
     "ProtocolError",
     "RegistryError",
+    "RequestTimeout",
     "RunFailed",
     "SelectionError",
     "ServiceUnavailable",
+    "SweepLocked",
     "SweepsError",
+    "TrackingUnavailable",
     "TrainingError",
     "UnsupportedMediaType",
     "UnsupportedModel",
+    "UntrustedModel",
     "UsageError",
 ]
 
@@ -105,6 +117,27 @@ class SelectionError(UsageError):
     exit_code: ClassVar[int] = 2
 
 
+class SweepLocked(UsageError):
+    """Another live process holds the sweep: a second driver of it, or a select that waited too long.
+
+    The message names the holder (pid and host) and the lock file.
+    """
+
+    exit_code: ClassVar[int] = 2
+
+
+class CorruptState(UsageError):
+    """A sweep's state file (`sweep.json`, `optuna.journal`) cannot be read; names the file and what is wrong."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class TrackingUnavailable(UsageError):
+    """The MLflow tracking server named by tracking.uri does not answer, or refuses this client."""
+
+    exit_code: ClassVar[int] = 2
+
+
 class RegistryError(UsageError):
     """A registry request cannot be carried out: unknown model or version, no alias to move."""
 
@@ -119,6 +152,12 @@ class ModelNotFound(RegistryError):
 
 class UnsupportedModel(UsageError):
     """The model version cannot be served by this endpoint (signature or flavor)."""
+
+    exit_code: ClassVar[int] = 2
+
+
+class UntrustedModel(UnsupportedModel):
+    """A version refused before any of it is deserialized: a format that runs code when loaded, or no lineage."""
 
     exit_code: ClassVar[int] = 2
 
@@ -183,6 +222,22 @@ class PayloadTooLarge(ProtocolError):
     exit_code: ClassVar[int] = 2
     status = 413
     error_code = "RESOURCE_LIMIT_EXCEEDED"
+
+
+class HeadersTooLarge(ProtocolError):
+    """The request line and headers exceed `serve.max_header_bytes` (431); answered by the HTTP front."""
+
+    exit_code: ClassVar[int] = 2
+    status = 431
+    error_code = "RESOURCE_LIMIT_EXCEEDED"
+
+
+class RequestTimeout(ProtocolError):
+    """The request headers did not arrive within `serve.header_timeout_s` (408); answered by the HTTP front."""
+
+    exit_code: ClassVar[int] = 2
+    status = 408
+    error_code = "REQUEST_TIMEOUT"
 
 
 class UnsupportedMediaType(ProtocolError):

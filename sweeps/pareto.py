@@ -2,11 +2,16 @@
 
 Shared by the sweep (live front size, best trials), tracking (the front's size), reports and
 selection. Pure numpy over plain records.
+
+Trials with identical objective values do not dominate each other, so a front can hold thousands
+of trials that are one point (2,000 trials of the all-zero model): `distinct_front` groups them,
+and is what the front is reported as. `front_ranks` is the non-dominated sorting the sampler uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,7 +19,17 @@ from sweeps.config import Objective
 from sweeps.errors import SelectionError
 from sweeps.records import TrialRecord
 
-__all__ = ["check_objectives", "oriented", "pareto_front", "pareto_numbers", "sign", "sort_key"]
+__all__ = [
+    "FrontPoint",
+    "check_objectives",
+    "distinct_front",
+    "front_ranks",
+    "oriented",
+    "pareto_front",
+    "pareto_numbers",
+    "sign",
+    "sort_key",
+]
 
 _BLOCK = 256  # rows settled per vectorised step of the n-objective front
 _CHUNK = 4096  # rows compared at once: bounds memory to _BLOCK * _CHUNK * k booleans
@@ -111,3 +126,66 @@ def pareto_numbers(records: Sequence[TrialRecord], objectives: Sequence[tuple[st
     """Numbers of the non-dominated complete trials, objectives given as (metric, direction) pairs."""
     specs = [Objective.model_validate({"metric": m, "direction": d}) for m, d in objectives]
     return sorted(r.number for r in pareto_front(records, specs))
+
+
+def _specs(objectives: Sequence[Objective] | Sequence[tuple[str, str]]) -> list[Objective]:
+    return [o if isinstance(o, Objective) else Objective.model_validate({"metric": o[0], "direction": o[1]})
+            for o in objectives]
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One distinct objective vector of the Pareto front and every trial that reached it."""
+
+    values: tuple[float, ...]
+    """The objectives' values, in the objectives' order, as recorded (not oriented)."""
+    trials: tuple[TrialRecord, ...]
+    """By trial number: `trials[0]` is the first trial that reached the point."""
+
+    @property
+    def first(self) -> TrialRecord:
+        return self.trials[0]
+
+    @property
+    def count(self) -> int:
+        return len(self.trials)
+
+
+def distinct_front(
+    records: Sequence[TrialRecord], objectives: Sequence[Objective] | Sequence[tuple[str, str]]
+) -> list[FrontPoint]:
+    """The Pareto front as distinct objective vectors, each with the trials that share it.
+
+    Ordered like `pareto_front` (best first on the first objective); objectives may be given as
+    `Objective`s or as (metric, direction) pairs.
+    """
+    specs = _specs(objectives)
+    groups: dict[tuple[float, ...], list[TrialRecord]] = {}
+    for record in pareto_front(records, specs):  # sorted by values, then number: groups come out in order
+        groups.setdefault(tuple(record.metrics[o.metric] for o in specs), []).append(record)
+    return [FrontPoint(values, tuple(trials)) for values, trials in groups.items()]
+
+
+def front_ranks(values: np.ndarray, needed: int | None = None) -> list[np.ndarray]:
+    """Non-dominated sorting of an (n, k) minimisation matrix: row indices of front 0, front 1, ...
+
+    Stops once `needed` rows are ranked (all rows when None). Equal rows share a front; callers
+    that want distinct points pass distinct rows.
+    """
+    if values.ndim != 2 or not len(values):
+        return []
+    target = len(values) if needed is None else min(needed, len(values))
+    ids = np.arange(len(values))
+    fronts: list[np.ndarray] = []
+    ranked = 0
+    while ranked < target:
+        rest = values[ids]
+        if rest.shape[1] == 1:
+            local = np.flatnonzero(rest[:, 0] == rest[:, 0].min())
+        else:
+            local = _front_2d(rest) if rest.shape[1] == 2 else _front_nd(rest)
+        front = np.sort(ids[local])
+        fronts.append(front)
+        ranked += len(front)
+        ids = np.setdiff1d(ids, front, assume_unique=True)
+    return fronts

@@ -62,12 +62,19 @@ def sweep(
     on_progress: ProgressCallback | None = None,
     bundle: DataBundle | None = None,
 ) -> SweepOutcome:
-    """Run (or resume) the sweep, every trial tracked in MLflow unless `tracking.enabled` is false."""
+    """Run (or resume) the sweep, every trial tracked in MLflow unless `tracking.enabled` is false.
+
+    A tracking store that does not answer fails here (`TrackingUnavailable`, exit 2), before Ray starts.
+    """
     bundle = bundle or load_data(config.data, config.split)
     callbacks = []
     if config.tracking.enabled:
         from sweeps.report.document import write_report
+        from sweeps.tracking.preflight import check_reachable
         from sweeps.tracking.sweep_runs import SweepTracker
+
+        # Seconds, not the minutes MLflow's client would retry, before Ray or any trial starts.
+        check_reachable(config.tracking.resolved_uri)
 
         callbacks.append(SweepTracker(config, bundle, resolve_sweep_name(config), artifacts=write_report))
     return run_sweep(config, address=address, callbacks=callbacks, on_progress=on_progress, bundle=bundle)
@@ -104,16 +111,19 @@ def select(
     return PipelineResult(outcome, report, champion_of(report.tracking_uri, report.model_name))
 
 
-def select_command(config: Config, name: str) -> str:
-    """The `sweeps select` command that registers sweep `name` in an MLflow store, tracking switched on."""
+def select_command(config: Config, name: str, program: str = "sweeps") -> str:
+    """The `sweeps select` command that registers sweep `name` in an MLflow store, tracking switched on.
+
+    `program` is how the command calls sweeps (the CLI passes `.venv/bin/sweeps` when run from a venv).
+    """
     storage = Path(config.sweep.storage).resolve()
     default = Path(SweepConfig.model_fields["storage"].default).resolve()
     where = "" if storage == default else f" --storage {storage}"
     store = f" tracking.uri={config.tracking.uri}" if config.tracking.uri else ""
-    return f"sweeps select {name}{where} tracking.enabled=true{store}"
+    return f"{program} select {name}{where} tracking.enabled=true{store}"
 
 
-def _untracked_note(config: Config, name: str) -> str:
+def _untracked_note(config: Config, name: str, program: str) -> str:
     store = (
         ""
         if config.tracking.uri
@@ -122,7 +132,7 @@ def _untracked_note(config: Config, name: str) -> str:
     )
     return (
         "Not selected or registered: tracking.enabled=false, and registration needs an MLflow store, so "
-        f"nothing was written to one. To register this sweep's winner: {select_command(config, name)}{store}"
+        f"nothing was written to one. To register this sweep's winner: {select_command(config, name, program)}{store}"
     )
 
 
@@ -132,16 +142,18 @@ def run(
     address: str | None = None,
     on_progress: ProgressCallback | None = None,
     sweep_only: bool = False,
+    program: str = "sweeps",
 ) -> PipelineResult:
     """The whole job; an interrupted sweep (or `sweep_only`) stops before selection.
 
     With `tracking.enabled` false the sweep runs untracked and stops there too: registration
-    needs an MLflow store, and an untracked run writes none. `not_registered` says how to go on.
+    needs an MLflow store, and an untracked run writes none. `not_registered` says how to go on,
+    calling sweeps as `program`.
     """
     bundle = load_data(config.data, config.split)
     outcome = sweep(config, address=address, on_progress=on_progress, bundle=bundle)
     if sweep_only or outcome.status == "interrupted":
         return PipelineResult(outcome)
     if not config.tracking.enabled:
-        return PipelineResult(outcome, not_registered=_untracked_note(config, outcome.name))
+        return PipelineResult(outcome, not_registered=_untracked_note(config, outcome.name, program))
     return select(config, outcome, bundle=bundle)

@@ -57,7 +57,10 @@ class Interval:
     def admits(self, value: object) -> bool:
         if isinstance(value, bool) or not isinstance(value, Integral if self.kind == "int" else Real):
             return False
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int no float can hold
+            return False
         return math.isfinite(number) and number >= self.low and (self.high is None or number <= self.high)
 
     def describe(self) -> str:
@@ -69,15 +72,20 @@ class Interval:
         """sklearn's message when `value` is not admitted, else None."""
         if self.admits(value):
             return None
-        return f"The '{name}' parameter of ElasticNet must be {self.describe()}. Got {value!r} instead."
+        # An int past Python's 4,300-digit limit cannot be printed (and is no use to see).
+        bits = value.bit_length() if isinstance(value, int) else 0
+        shown = f"an int of {bits} bits" if bits > 64 else repr(value)
+        return f"The '{name}' parameter of ElasticNet must be {self.describe()}. Got {shown} instead."
 
 
 # ElasticNet's parameter constraints, declared once: checked on every ElasticNetParams and, before
-# any trial runs, against a sweep's search space.
+# any trial runs, against a sweep's search space. sklearn leaves max_iter unbounded, but its solver
+# takes a C unsigned int (2**32 and above overflow), and a fit still short of `tol` after a million
+# passes over the wine data (minutes) needs another alpha or tol, not more passes.
 PARAM_CONSTRAINTS: dict[str, Interval] = {
     "alpha": Interval("float", 0.0),
     "l1_ratio": Interval("float", 0.0, 1.0),
-    "max_iter": Interval("int", 1),
+    "max_iter": Interval("int", 1, 1_000_000),
     "tol": Interval("float", 0.0),
 }
 

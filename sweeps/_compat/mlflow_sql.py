@@ -6,14 +6,23 @@ finished runs into MLflow's own tables (`runs`, `tags`, `params`, `metrics`, `la
 in one transaction, exactly as MLflow's `SqlAlchemyStore` would lay them out, so every MLflow
 reader (UI, `search_runs`, `get_run`) sees the same runs either way.
 
-It reaches past the public API twice: the client's store (`MlflowClient._tracking_client.store`)
-and the ORM tables in `mlflow.store.tracking.dbmodels.models`. `bulk_writer` hands it out only
-for an MLflow of the tested series on a database at a tested schema revision; otherwise it
-returns None after one warning, and callers write through `MlflowClient` (works on any store).
+With `unique_tag` a write is idempotent: a run whose tag value is already on a whole run of the
+experiment is skipped, and a torn one (left RUNNING, or FINISHED without a metric, by a writer
+that died half way through MLflow's three calls) is deleted as `MlflowClient.delete_run` would
+and written again, all in the same transaction, so a retried or resumed batch never duplicates.
+
+It reaches past the public API three times: the client's store (`MlflowClient._tracking_client.store`),
+the tracking server's store (`mlflow.server.handlers._get_tracking_store`, for the server
+extension `sweeps.tracking.server`) and the ORM tables in `mlflow.store.tracking.dbmodels.models`;
+`server_app` also reads the server's private `_MLFLOW_SGI_NAME` to wrap its Flask app as MLflow's
+own basic-auth app does. `bulk_writer` and `server_bulk_writer` hand a writer out only for an
+MLflow of the tested series on a database at a tested schema revision; otherwise they return None
+after one warning, and callers write through MLflow's public API (works on any store).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from sweeps._compat import check_version, warn_once
+from sweeps._compat import check_version, installed_version, warn_once
 
 if TYPE_CHECKING:
+    from flask import Flask
     from mlflow.entities import Experiment
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
@@ -34,13 +44,20 @@ __all__ = [
     "BulkRunWriter",
     "FinishedRun",
     "bulk_writer",
+    "is_whole",
     "schema_revision",
+    "server_app",
+    "server_bulk_writer",
+    "server_store",
+    "server_store_reason",
+    "unavailable_reason",
 ]
 
 TESTED_MLFLOW = "3.17.*"
 # Alembic head of the tracking schema that MLflow 3.17.2 creates (the `alembic_version` table).
 TESTED_SCHEMA_REVISIONS = frozenset({"dc11669786a5"})
 _FALLBACK = "MlflowClient calls, one run at a time"
+_IN_CHUNK = 500
 _TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
 _USER = "sweeps"
 
@@ -73,57 +90,120 @@ class BulkRunWriter:
         self._experiment_id = int(experiment.experiment_id)
         self._artifact_location = str(experiment.artifact_location)
 
-    def write(self, runs: Sequence[FinishedRun]) -> list[str]:
-        """Insert `runs` whole or not at all; returns their run ids, in order."""
+    def write(self, runs: Sequence[FinishedRun], unique_tag: str | None = None) -> list[str]:
+        """Insert `runs` whole or not at all; returns their run ids, in order.
+
+        With `unique_tag`, a run whose value of that tag is already on a whole run of the experiment
+        is not inserted (its id is that run's), and a torn run with the value is deleted first.
+        """
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
         from mlflow.utils.uri import append_to_uri_path
         from sqlalchemy import insert
 
-        run_rows: list[dict[str, Any]] = []
-        tag_rows: list[dict[str, Any]] = []
-        param_rows: list[dict[str, Any]] = []
-        metric_rows: list[dict[str, Any]] = []
-        run_ids: list[str] = []
-        for run in runs:
-            run_id = uuid.uuid4().hex
-            run_ids.append(run_id)
-            run_rows.append(
-                {
-                    "run_uuid": run_id,
-                    "name": run.name,
-                    "source_type": "UNKNOWN",
-                    "source_name": "",
-                    "entry_point_name": "",
-                    "user_id": _USER,
-                    "status": run.status,
-                    "start_time": run.start_time,
-                    "end_time": run.end_time,
-                    "deleted_time": None,
-                    "source_version": "",
-                    "lifecycle_stage": "active",
-                    "artifact_uri": append_to_uri_path(self._artifact_location, run_id, "artifacts"),
-                    "experiment_id": self._experiment_id,
-                }
-            )
-            # Like SqlAlchemyStore.create_run: the run name is also the mlflow.runName tag.
-            tags = {MLFLOW_RUN_NAME: run.name, **run.tags}
-            tag_rows += [{"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()]
-            param_rows += [{"key": k, "value": v, "run_uuid": run_id} for k, v in run.params.items()]
-            for key, value in run.metrics.items():
-                is_nan, stored = self._store.sanitize_metric_value(float(value))
-                metric_rows.append(
-                    {"key": key, "value": stored, "timestamp": run.end_time, "step": 0, "is_nan": is_nan,
-                     "run_uuid": run_id}
-                )
-        if not run_rows:
+        if not runs:
             return []
         with self._store.ManagedSessionMaker(read_only=False) as session:
-            session.execute(insert(SqlRun.__table__), run_rows)
+            existing = self._claim(session, runs, unique_tag) if unique_tag is not None else {}
+            run_rows: list[dict[str, Any]] = []
+            tag_rows: list[dict[str, Any]] = []
+            param_rows: list[dict[str, Any]] = []
+            metric_rows: list[dict[str, Any]] = []
+            run_ids: list[str] = []
+            for run in runs:
+                value = run.tags.get(unique_tag) if unique_tag is not None else None
+                if value is not None and value in existing:
+                    run_ids.append(existing[value])
+                    continue
+                run_id = uuid.uuid4().hex
+                run_ids.append(run_id)
+                if value is not None:
+                    existing[value] = run_id  # the same value twice in one batch is written once
+                run_rows.append(
+                    {
+                        "run_uuid": run_id,
+                        "name": run.name,
+                        "source_type": "UNKNOWN",
+                        "source_name": "",
+                        "entry_point_name": "",
+                        "user_id": _USER,
+                        "status": run.status,
+                        "start_time": run.start_time,
+                        "end_time": run.end_time,
+                        "deleted_time": None,
+                        "source_version": "",
+                        "lifecycle_stage": "active",
+                        "artifact_uri": append_to_uri_path(self._artifact_location, run_id, "artifacts"),
+                        "experiment_id": self._experiment_id,
+                    }
+                )
+                # Like SqlAlchemyStore.create_run: the run name is also the mlflow.runName tag.
+                tags = {MLFLOW_RUN_NAME: run.name, **run.tags}
+                tag_rows += [{"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()]
+                param_rows += [{"key": k, "value": v, "run_uuid": run_id} for k, v in run.params.items()]
+                for key, metric in run.metrics.items():
+                    is_nan, stored = self._store.sanitize_metric_value(float(metric))
+                    metric_rows.append(
+                        {"key": key, "value": stored, "timestamp": run.end_time, "step": 0, "is_nan": is_nan,
+                         "run_uuid": run_id}
+                    )
+            if run_rows:
+                session.execute(insert(SqlRun.__table__), run_rows)
             for table, rows in ((SqlTag, tag_rows), (SqlParam, param_rows), (SqlMetric, metric_rows),
                                 (SqlLatestMetric, metric_rows)):
                 if rows:
                     session.execute(insert(table.__table__), rows)
         return run_ids
+
+    def _claim(self, session: Any, runs: Sequence[FinishedRun], unique_tag: str) -> dict[str, str]:
+        """Lock the experiment's bulk writes and delete torn runs with `runs`' tag values; returns whole runs' ids."""
+        from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlRun, SqlTag
+        from sqlalchemy import select, update
+
+        # A no-op update takes the experiment's row lock (SQLite: the database's write lock) before
+        # reading, so two writers of the same values (a retry racing its first try) run one after the other.
+        session.execute(
+            update(SqlExperiment)
+            .where(SqlExperiment.experiment_id == self._experiment_id)
+            .values(last_update_time=SqlExperiment.last_update_time)
+        )
+        values = sorted({run.tags[unique_tag] for run in runs if unique_tag in run.tags})
+        found: list[tuple[str, str, str]] = []
+        for start in range(0, len(values), _IN_CHUNK):
+            found += session.execute(
+                select(SqlTag.value, SqlRun.run_uuid, SqlRun.status)
+                .join(SqlRun, SqlRun.run_uuid == SqlTag.run_uuid)
+                .where(
+                    SqlRun.experiment_id == self._experiment_id,
+                    SqlRun.lifecycle_stage == "active",
+                    SqlTag.key == unique_tag,
+                    SqlTag.value.in_(values[start : start + _IN_CHUNK]),
+                )
+            ).all()
+        ids = [run_id for _, run_id, _ in found]
+        with_metrics: set[str] = set()
+        for start in range(0, len(ids), _IN_CHUNK):
+            with_metrics |= set(session.execute(
+                select(SqlLatestMetric.run_uuid).where(SqlLatestMetric.run_uuid.in_(ids[start : start + _IN_CHUNK]))
+            ).scalars())
+        whole: dict[str, str] = {}
+        torn: list[str] = []
+        for value, run_id, status in found:
+            if is_whole(status, run_id in with_metrics):
+                whole.setdefault(value, run_id)
+            else:
+                torn.append(run_id)
+        for start in range(0, len(torn), _IN_CHUNK):
+            session.execute(
+                update(SqlRun)
+                .where(SqlRun.run_uuid.in_(torn[start : start + _IN_CHUNK]))
+                .values(lifecycle_stage="deleted", deleted_time=int(time.time() * 1000))
+            )
+        return whole
+
+
+def is_whole(status: str, has_metrics: bool) -> bool:
+    """Whether a run was written whole: ended, and a FINISHED run has its metrics."""
+    return status in _TERMINAL and (status != "FINISHED" or has_metrics)
 
 
 def schema_revision(store: SqlAlchemyStore) -> str | None:
@@ -138,6 +218,25 @@ def schema_revision(store: SqlAlchemyStore) -> str | None:
     return ",".join(sorted(str(v) for v in found)) or None
 
 
+def unavailable_reason(store: object) -> str | None:
+    """Why `store` gets no bulk writer (None when it gets one); warns once for an untested MLflow or schema."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    if not check_version("mlflow", TESTED_MLFLOW, _FALLBACK):
+        return f"mlflow {installed_version('mlflow')} is not a tested version ({TESTED_MLFLOW})"
+    if not isinstance(store, SqlAlchemyStore):
+        return f"the store is a {type(store).__name__}, not a SQL store"
+    revision = schema_revision(store)
+    if revision not in TESTED_SCHEMA_REVISIONS:
+        warn_once(
+            f"mlflow-schema {revision}",
+            f"the MLflow database at {store.db_uri} is at schema revision {revision}, not one sweeps was "
+            f"tested with ({', '.join(sorted(TESTED_SCHEMA_REVISIONS))}); using {_FALLBACK} instead.",
+        )
+        return f"schema revision {revision} is not a tested one ({', '.join(sorted(TESTED_SCHEMA_REVISIONS))})"
+    return None
+
+
 def bulk_writer(client: MlflowClient, experiment_id: str) -> BulkRunWriter | None:
     """The bulk writer for `client`'s SQL store, or None when writes must go through `client`.
 
@@ -146,20 +245,54 @@ def bulk_writer(client: MlflowClient, experiment_id: str) -> BulkRunWriter | Non
     """
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    if not check_version("mlflow", TESTED_MLFLOW, _FALLBACK):
-        return None
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     if store is None:
-        warn_once("mlflow-store", f"MlflowClient no longer exposes its store; using {_FALLBACK} instead.")
+        if check_version("mlflow", TESTED_MLFLOW, _FALLBACK):
+            warn_once("mlflow-store", f"MlflowClient no longer exposes its store; using {_FALLBACK} instead.")
         return None
-    if not isinstance(store, SqlAlchemyStore):
-        return None
-    revision = schema_revision(store)
-    if revision not in TESTED_SCHEMA_REVISIONS:
-        warn_once(
-            f"mlflow-schema {revision}",
-            f"the MLflow database at {store.db_uri} is at schema revision {revision}, not one sweeps was "
-            f"tested with ({', '.join(sorted(TESTED_SCHEMA_REVISIONS))}); using {_FALLBACK} instead.",
-        )
+    if not isinstance(store, SqlAlchemyStore) or unavailable_reason(store) is not None:
         return None
     return BulkRunWriter(store, client.get_experiment(experiment_id))
+
+
+def server_store() -> Any:
+    """Inside `mlflow server`: the tracking store its handlers use."""
+    from mlflow.server.handlers import _get_tracking_store
+
+    return _get_tracking_store()
+
+
+def server_bulk_writer(experiment_id: str) -> tuple[BulkRunWriter | None, str | None]:
+    """Inside `mlflow server`: a bulk writer on the server's own store, else (None, why not)."""
+    try:
+        store = server_store()
+    except ImportError as exc:  # mlflow.server moved: the endpoint says so, clients use the REST API
+        return None, f"mlflow.server.handlers._get_tracking_store is gone ({exc})"
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    reason = unavailable_reason(store)
+    if reason is not None or not isinstance(store, SqlAlchemyStore):
+        return None, reason
+    return BulkRunWriter(store, store.get_experiment(experiment_id)), None
+
+
+def server_store_reason() -> str | None:
+    """Inside `mlflow server`: why its store gets no bulk writer, or None when it gets one."""
+    try:
+        return unavailable_reason(server_store())
+    except ImportError as exc:
+        return f"mlflow.server.handlers._get_tracking_store is gone ({exc})"
+
+
+def server_app(flask_app: Flask) -> Any:
+    """What `mlflow server --app-name` must be given: the Flask app, wrapped in FastAPI under uvicorn.
+
+    As MLflow's own basic-auth app does (`mlflow.server.auth.create_app`).
+    """
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+
+    if _MLFLOW_SGI_NAME.get() == "uvicorn":
+        from mlflow.server.fastapi_app import create_fastapi_app
+
+        return create_fastapi_app(flask_app)
+    return flask_app

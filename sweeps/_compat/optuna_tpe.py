@@ -1,6 +1,6 @@
-"""Optuna internals, fenced: TPE's estimators fitted once per history, and Study.ask's waiting-trial scan.
+"""Optuna internals, fenced: TPE fitted once per history, the study's trial cache, Study.ask's waiting-trial scan.
 
-Three assumptions about Optuna 5.0 that its public API does not promise:
+Four assumptions about Optuna 5.0 that its public API does not promise:
 
 - `TPESampler._sample` fits two Parzen estimators from `_split_trials` on every ask. Asking a
   batch with no result told in between would fit the same two estimators again and again; the
@@ -10,9 +10,13 @@ Three assumptions about Optuna 5.0 that its public API does not promise:
   template (`enqueue_trial`). A storage that knows no WAITING trial exists may answer that
   scan with [] instead of reading every trial.
 - `FrozenTrial._trial_id` is what `optuna.Trial(study, trial_id)` takes, to resume a RUNNING trial.
+- A study caches its trials for the samplers in `Study._thread_local.cached_all_trials`, and only
+  its own `ask` and `tell` drop that cache: a study fed by `add_trial` alone (the windowed
+  sampler's shadow) keeps serving TPE the trials of its first ask. The caching sampler drops it.
 
 Outside `TESTED_OPTUNA` the first two fall back, with one warning, to plain `TPESampler` and to
-the storage's own scan; the third has no public equivalent and fails with a clear error.
+the storage's own scan, and the fourth to a new `Study` over the same storage (public API, about
+10 us a tell); the third has no public equivalent and fails with a clear error.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import TPESampler
+from optuna.storages import BaseStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
@@ -52,6 +57,15 @@ class BatchTPESampler(TPESampler):
     def invalidate(self) -> None:
         """Forget what was fitted on the history; call after every tell. Plain TPE keeps nothing."""
 
+    def after_add_trial(self, study: Study, storage: BaseStorage) -> Study:
+        """The study to ask next once `add_trial` put new trials in `study` (held in `storage`).
+
+        `add_trial` leaves the trials a study caches for its sampler as they were. Here (the public
+        fallback) the answer is a new `Study` over the same storage, whose cache starts empty.
+        """
+        self.invalidate()
+        return optuna.load_study(study_name=study.study_name, storage=storage, sampler=self)
+
 
 class _CachingTPESampler(BatchTPESampler):
     """TPE that fits its Parzen estimators once per history state, not once per ask.
@@ -69,6 +83,11 @@ class _CachingTPESampler(BatchTPESampler):
 
     def invalidate(self) -> None:
         self._estimators.clear()
+
+    def after_add_trial(self, study: Study, storage: BaseStorage) -> Study:
+        self._estimators.clear()
+        study._thread_local.cached_all_trials = None  # what Study.tell does first in Optuna 5.0
+        return study
 
     def _sample(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import shutil
 import sys
 import traceback
 from collections.abc import Callable
@@ -17,9 +19,11 @@ from rich.markup import escape
 from sweeps import __version__
 from sweeps.config import Config, load_config
 from sweeps.errors import PROJECT_ERRORS, Interrupted, SweepsError, TrainingError
+from sweeps.interrupts import raising
 
 __all__ = [
     "ConfigOption",
+    "ConfigOverridesArg",
     "JsonOption",
     "OverridesArg",
     "StorageOption",
@@ -29,6 +33,7 @@ __all__ = [
     "guard",
     "load",
     "print_json",
+    "program",
     "storage_root",
 ]
 
@@ -37,6 +42,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's own help layout: paragraphs reflowed to the terminal, flags shown without a type
+    # (Typer's rich panels print `<bool>` beside every flag and keep a docstring's line breaks).
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -54,6 +62,13 @@ OverridesArg = Annotated[
     typer.Argument(
         help="Overrides as key=value: dotted keys set config fields (data.path=../shared/data), "
         "bare alpha/l1_ratio/max_iter/tol set the model's params.",
+        show_default=False,
+    ),
+]
+ConfigOverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Overrides as key=value: dotted keys set config fields (serve.port=8001, tracking.uri=URI).",
         show_default=False,
     ),
 ]
@@ -83,19 +98,35 @@ def _root(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not debug:
+        for name in _RAY_CHATTER:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def guard(action: Callable[[], T]) -> T:
+# Ray loggers whose notices say nothing the user can act on here (--debug shows them): the token-auth
+# notice of every local start, and Tune's own Ctrl+C lines, which point at `Tuner.restore` where the
+# command's message names the `sweeps` command that continues. Set before Ray is imported; Ray's
+# logging set-up configures only its root `ray` logger, so these levels stay.
+_RAY_CHATTER = ("ray._private.authentication.authentication_token_setup", "ray.tune.tune")
+
+
+def guard(action: Callable[[], T], interrupted: Callable[[], str] | None = None) -> T:
     """Run a command body; an error of the project exits with its class's `exit_code`, on one line.
 
-    A Ctrl+C that reaches here (a command without its own handling) is `Interrupted`: exit 130.
+    A Ctrl+C that reaches here is `Interrupted` (exit 130), its message `interrupted()`: what was
+    stopped and how to continue. Within the body Ctrl+C is never lost (`sweeps.interrupts.raising`).
     """
     try:
-        return action()
+        with raising():
+            return action()
     except PROJECT_ERRORS as exc:
         _fail(exc)
     except KeyboardInterrupt:
-        _fail(Interrupted("stopped by Ctrl+C before it finished."))
+        message = interrupted() if interrupted is not None else _INTERRUPTED
+        _fail(Interrupted(message))
+
+
+_INTERRUPTED = "stopped by Ctrl+C before it finished; what it had recorded is kept. Run the same command again."
 
 
 def _fail(exc: SweepsError | TrainingError) -> NoReturn:
@@ -114,6 +145,25 @@ def load(config: Path | None, overrides: list[str] | None) -> Config:
 def storage_root(storage: Path | None, config: Path | None) -> Path:
     """The sweep-state folder: `--storage`, else `sweep.storage` of the config."""
     return (storage or Path(load(config, []).sweep.storage)).resolve()
+
+
+def program(tool: str = "sweeps") -> str:
+    """How to call `tool` (`sweeps`, `mlflow`) so that a printed command runs as shown from this folder.
+
+    Run from a virtualenv, the venv's own script by path (`.venv/bin/sweeps` under the current
+    folder, else absolute), since a shell whose PATH lacks the venv would not find the bare name;
+    otherwise the bare name when it is on PATH, else `python -m`.
+    """
+    script = Path(sys.executable).parent / tool
+    if sys.prefix != sys.base_prefix and script.is_file():
+        try:
+            shown = str(script.absolute().relative_to(Path.cwd()))
+        except ValueError:
+            shown = str(script.absolute())
+        return shlex.quote(shown)
+    if shutil.which(tool):
+        return tool
+    return f"{shlex.quote(sys.executable)} -m {tool}"
 
 
 def print_json(payload: Any) -> None:

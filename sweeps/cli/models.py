@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from sweeps.cli.common import ConfigOption, JsonOption, OverridesArg, app, console, guard, load, print_json
+from sweeps.cli.render import metrics_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -64,7 +65,7 @@ def models(
         for column in ("version", "aliases", "test metrics", "source sweep", "trial", "run", "created"):
             table.add_column(column, justify="right" if column == "version" else "left")
         for v in versions:
-            metrics = ", ".join(f"{k}={value:.4g}" for k, value in v.test_metrics.items())
+            metrics = metrics_text(v.test_metrics)  # rmse, mae, r2, nonzero_coefs: fit time is no test metric
             created = v.created.strftime("%Y-%m-%d %H:%M:%S") if v.created else "-"
             table.add_row(
                 str(v.version),

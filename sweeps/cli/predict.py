@@ -12,7 +12,16 @@ import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sweeps.cli.common import ConfigOption, JsonOption, app, console, err_console, guard, load, print_json
+from sweeps.cli.common import (
+    ConfigOption,
+    JsonOption,
+    app,
+    console,
+    err_console,
+    guard,
+    load,
+    print_json,
+)
 
 if TYPE_CHECKING:
     from sweeps.scoring.job import PredictProgress, PredictResult
@@ -42,9 +51,20 @@ _HELP = "\n\n".join(
         'the reason, and the job goes on. Rows in = rows out + rows in the errors file, always; blank CSV '
         'lines are counted apart. The job is recorded as an MLflow run of kind batch-scoring, linked to the '
         'model version (see `sweeps lineage`).',
+        "The model version is loaded under the rules of `sweeps serve` (serve.trusted_formats, "
+        "serve.require_lineage, serve.skops_trusted_types): by default only skops files of versions "
+        "registered with this project's lineage tags.",
     ]
 )
 
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Config overrides as key=value, after MODEL_URI (e.g. registry.model_name=wine-smoke, "
+        "serve.require_lineage=false).",
+        show_default=False,
+    ),
+]
 ModelArg = Annotated[
     str | None,
     typer.Argument(
@@ -138,20 +158,27 @@ def predict(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     config: ConfigOption = None,
+    overrides: OverridesArg = None,
     as_json: JsonOption = False,
 ) -> None:
     from sweeps.registry.versions import parse_model_uri
 
     def body() -> None:
-        cfg = load(config, [])
-        uri = model_uri or f"models:/{cfg.registry.model_name}@champion"
+        given, extra = model_uri, list(overrides or [])
+        if given is not None and "=" in given and not given.startswith("models:/"):
+            extra, given = [given, *extra], None  # no MODEL_URI, only overrides
+        cfg = load(config, extra)
+        uri = given or f"models:/{cfg.registry.model_name}@champion"
         parse_model_uri(uri)  # a malformed URI fails before the store is opened
         store = tracking_uri or cfg.tracking.resolved_uri
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our bar only
 
         from sweeps.scoring.job import PredictRequest
         from sweeps.scoring.job import predict as run_predict
+        from sweeps.serving.trust import ModelTrust
         from sweeps.tracking.client import use_tracking
+
+        trust = ModelTrust.of(cfg.serve.trusted_formats, cfg.serve.require_lineage, cfg.serve.skops_trusted_types)
 
         request = PredictRequest(
             model_uri=uri,
@@ -165,11 +192,11 @@ def predict(
         )
         with use_tracking(store) as client:
             if quiet:
-                result = run_predict(client, store, request)
+                result = run_predict(client, store, request, trust=trust)
             else:
                 bar = _progress_bar(to_stderr=as_json)
                 with bar:
-                    result = run_predict(client, store, request, _on_progress(bar, bar.console.print))
+                    result = run_predict(client, store, request, _on_progress(bar, bar.console.print), trust)
         if as_json:
             print_json(result.as_dict())
         else:

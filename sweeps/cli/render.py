@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from sweeps.cli.common import console
+from sweeps.cli.common import console, program
 from training.objective import METRICS
 
 if TYPE_CHECKING:
@@ -23,25 +24,37 @@ def cell(value: Any) -> str:
     return f"{value:.5g}" if isinstance(value, float) else str(value)
 
 
+def _front_points(front: Sequence[TrialRecord], objectives: list[str]) -> list[list[TrialRecord]]:
+    """The front's trials grouped by their objective values, in the front's order: one group per distinct point."""
+    groups: dict[tuple[Any, ...], list[TrialRecord]] = {}
+    for record in front:
+        groups.setdefault(tuple(record.metrics.get(m) for m in objectives), []).append(record)
+    return list(groups.values())
+
+
 def _front_table(report: SelectionReport, objectives: list[str]) -> Table:
     selection = report.selection
     chosen = selection.chosen
     multi = len(objectives) > 1
+    # A point many trials share is one row: the chosen trial where it is one of them, else the first.
+    points = _front_points(selection.front, objectives) if multi else [[chosen]]
     title = (
-        f"Pareto front of {report.sweep}: {len(selection.front)} of {selection.usable} usable trials"
+        f"Pareto front of {report.sweep}: {len(points)} distinct points ({len(selection.front)} trials) of "
+        f"{selection.usable} usable trials"
         if multi
         else f"Best trial of {report.sweep} ({selection.usable} usable)"
     )
-    rows: list[TrialRecord] = list(selection.front[:_MAX_ROWS]) if multi else [chosen]
-    if chosen not in rows:
-        rows.append(chosen)
-    params = sorted({k for r in rows for k in r.params})
+    rows = [(chosen if chosen in group else group[0], len(group)) for group in points[:_MAX_ROWS]]
+    if all(record is not chosen for record, _ in rows):
+        rows.append(next(((chosen, len(g)) for g in points if chosen in g), (chosen, 1)))
+    params = sorted({k for r, _ in rows for k in r.params})
     table = Table(title=title)
-    for column in ("trial", *params, *objectives, "chosen"):
+    for column in ("trial", *(["trials"] if multi else []), *params, *objectives, "chosen"):
         table.add_column(column, justify="left" if column == "chosen" else "right")
-    for record in rows:
+    for record, count in rows:
         table.add_row(
             str(record.number),
+            *([str(count)] if multi else []),
             *(cell(record.params.get(p)) for p in params),
             *(cell(record.metrics.get(m)) for m in objectives),
             "<- chosen" if record is chosen else "",
@@ -61,8 +74,9 @@ def render_selection(report: SelectionReport, objectives: list[str], show_front:
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
     if show_front:
         console.print(_front_table(report, objectives))
-        if len(objectives) > 1 and len(report.selection.front) > _MAX_ROWS:
-            say(f"... {len(report.selection.front) - _MAX_ROWS} more on the front (--json lists all)")
+        points = len(_front_points(report.selection.front, objectives))
+        if len(objectives) > 1 and points > _MAX_ROWS:
+            say(f"... {points - _MAX_ROWS} more points on the front (--json lists all)")
     say(f"Policy: {report.selection.policy}")
     say(f"Chosen: {report.selection.reason}")
     say(
@@ -95,5 +109,6 @@ def render_champion(champion: VersionInfo | None, name: str, tracking_uri: str, 
         f"honest test score: {metrics_text(champion.test_metrics) or 'not recorded'}"
     )
     uri_override = f" tracking.uri={tracking_uri}" if explicit_uri else ""
-    say(f"Serve it:    sweeps serve --model models:/{name}@champion{uri_override}")
-    say(f"Browse runs: mlflow ui --backend-store-uri {tracking_uri}")
+    # Printed so that they run as shown from this folder, whether or not the venv is on PATH.
+    say(f"Serve it:    {program()} serve --model models:/{name}@champion{uri_override}")
+    say(f"Browse runs: {program('mlflow')} ui --backend-store-uri {tracking_uri}")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 _RUN_METRICS = {
     "selection run": {f"test_{m}" for m in METRICS},
     "trial run": set(METRICS),
-    "sweep run": {"complete", "failed", "pareto_front_size"},
+    "sweep run": {"complete", "failed", "pareto_front_size", "pareto_front_points"},
 }
 
 
@@ -101,10 +101,9 @@ def _details(link: Link) -> str:
         return f"{card.get('name') or ''}{rows}{split}; source {sources}{note}".strip()
     summary = facts["summary"]
     objectives = ", ".join(f"{o['metric']} ({o['direction'][:3]})" for o in summary["objectives"] or [])
-    policy = summary["policy"] or {}
     return (
-        f"{facts['from']}: sweep {summary['sweep']}, {summary['num_trials']} trials over "
-        f"{', '.join(summary['search_space'])}, objectives {objectives}, policy {policy.get('kind')}"
+        f"{facts['from']}: sweep {summary['sweep'] or '-'}, {summary['num_trials']} trials over "
+        f"{', '.join(summary['search_space'])}, objectives {objectives}; policy {summary['policy'] or '-'}"
     )
 
 

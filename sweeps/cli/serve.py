@@ -13,7 +13,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from sweeps.cli.common import ConfigOption, JsonOption, OverridesArg, app, console, guard, load, print_json
+from sweeps.cli.common import ConfigOption, ConfigOverridesArg, JsonOption, app, console, guard, load, print_json
 from sweeps.config import Config, ServeConfig, format_validation_error
 from sweeps.errors import ConfigError, UsageError
 
@@ -55,6 +55,12 @@ def _serve_options(cfg: Config, host: str | None, port: int | None) -> ServeConf
         raise ConfigError(format_validation_error(exc, where, section="serve")) from exc
 
 
+def endpoint_url(serve: ServeConfig) -> str:
+    """Where `sweeps serve` with this config listens, as a client reaches it (a wildcard bind via loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(serve.host, serve.host)  # noqa: S104
+    return f"http://{f'[{host}]' if ':' in host else host}:{serve.port}"
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -62,7 +68,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @app.command()
 def serve(
     config: ConfigOption = None,
-    overrides: OverridesArg = None,
+    overrides: ConfigOverridesArg = None,
     model: ModelOption = None,
     host: HostOption = None,
     port: PortOption = None,
@@ -117,9 +123,14 @@ def serve(
 @app.command()
 def monitor(
     config: ConfigOption = None,
-    overrides: OverridesArg = None,
+    overrides: ConfigOverridesArg = None,
     url: Annotated[
-        str | None, typer.Option("--url", help="Endpoint base URL (default: http://serve.host:serve.port).")
+        str | None,
+        typer.Option(
+            "--url",
+            help="Base URL of the endpoint (default: where `sweeps serve` with the same config listens, "
+            "http://serve.host:serve.port; pass it when serve ran with --host or --port).",
+        ),
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="Record one snapshot and exit (the default).")] = False,
     every: Annotated[
@@ -147,7 +158,7 @@ def monitor(
         if once and every is not None:
             raise UsageError("--once and --every exclude each other; pass one of them.")
         cfg = load(config, overrides)
-        target = url or f"http://{cfg.serve.host}:{cfg.serve.port}"
+        target = url or endpoint_url(cfg.serve)
         uri = cfg.tracking.resolved_uri
         client = MlflowClient(uri, registry_uri=uri)
         try:

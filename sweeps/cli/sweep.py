@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from sweeps.cli.common import (
     ConfigOption,
@@ -21,10 +24,12 @@ from sweeps.cli.common import (
     guard,
     load,
     print_json,
+    program,
     storage_root,
 )
 from sweeps.cli.render import render_champion, render_selection
-from sweeps.errors import Interrupted
+from sweeps.config import Config
+from sweeps.errors import Interrupted, SweepsError
 
 if TYPE_CHECKING:
     from sweeps.sweep.engine import Progress as Snapshot
@@ -75,27 +80,57 @@ def with_progress(quiet: bool, as_json: bool, job: Callable[[Callable[[Snapshot]
         return job(_on_progress(bar))
 
 
+_MAX_FRONT_ROWS = 20
+
+
 def render_outcome(outcome: SweepOutcome) -> None:
-    """Print a sweep's result: counts, speed and the best trial or Pareto front."""
+    """Print a sweep's result: counts, speed and the best trial or Pareto front.
+
+    The front is printed as distinct objective vectors: trials that reached the same values are
+    one row (its first trial), with how many trials share it.
+    """
     metrics = [m for m, _ in outcome.objectives]
-    title = "Pareto front" if len(metrics) > 1 else "Best trial"
-    table = Table(title=f"{title} of {outcome.name}")
-    table.add_column("trial", justify="right")
-    params = sorted({k for r in outcome.best for k in r.params})
+    multi = len(metrics) > 1
+    points = outcome.front[:_MAX_FRONT_ROWS] if multi else outcome.front
+    if multi:
+        shared = sum(p.count for p in outcome.front)
+        title = f"Pareto front of {outcome.name}: {len(outcome.front)} distinct points, {shared} trials"
+    else:
+        title = f"Best trial of {outcome.name}"
+    table = Table(title=title)
+    table.add_column("first trial" if multi else "trial", justify="right")
+    if multi:
+        table.add_column("trials", justify="right")
+    params = sorted({k for p in points for k in p.first.params})
     for name in [*params, *metrics]:
         table.add_column(name, justify="right")
-    for record in outcome.best[:20]:
+    for point in points:
+        record = point.first
         cells = [f"{record.params[p]:.5g}" if isinstance(record.params.get(p), float) else str(record.params.get(p))
                  for p in params]
-        table.add_row(str(record.number), *cells, *(f"{record.metrics[m]:.5g}" for m in metrics))
+        table.add_row(str(record.number), *([str(point.count)] if multi else []), *cells,
+                      *(f"{record.metrics[m]:.5g}" for m in metrics))
     console.print(table)
-    if len(outcome.best) > 20:
-        console.print(f"... {len(outcome.best) - 20} more on the front")
+    if multi and len(outcome.front) > _MAX_FRONT_ROWS:
+        console.print(f"... {len(outcome.front) - _MAX_FRONT_ROWS} more points on the front (--json lists all)")
     console.print(
-        f"{outcome.status}: {len(outcome.records)}/{outcome.requested} trials "
-        f"({outcome.failed} failed), {outcome.evaluated_now} evaluated now in {outcome.wall_s:.1f} s "
-        f"({outcome.trials_per_s:.0f} trials/s). State: {outcome.state_dir}"
+        f"{outcome.status}: {len(outcome.records)}/{outcome.requested} trials ({outcome.failed} failed)"
+        f"{_speed(outcome)}. State: {outcome.state_dir}"
     )
+
+
+def _speed(outcome: SweepOutcome) -> str:
+    """How long the sweep took, over every command that ran trials; this command's part when it ran some."""
+    total = (
+        f"{outcome.evaluated_total} evaluated in {outcome.wall_s:.1f} s ({outcome.trials_per_s:.0f} trials/s)"
+        if outcome.evaluated_total and outcome.wall_s > 0
+        else ""
+    )
+    if not outcome.evaluated_now:  # `show`, or a re-run with nothing left to do: the sweep's figures only
+        return f", {total}" if total else ""
+    if outcome.evaluated_now == outcome.evaluated_total:
+        return f", {total}"
+    return f", {outcome.evaluated_now} evaluated now in {outcome.wall_s_now:.1f} s; in all {total}"
 
 
 def finish(outcome: SweepOutcome, as_json: bool) -> None:
@@ -105,7 +140,32 @@ def finish(outcome: SweepOutcome, as_json: bool) -> None:
     else:
         render_outcome(outcome)
     if outcome.status == "interrupted":
-        raise Interrupted(f"continue with `sweeps resume {outcome.name}` (or the same command again).")
+        raise Interrupted(
+            f"stopped by Ctrl+C: sweep {outcome.name!r} has {len(outcome.records)} of {outcome.requested} trials, "
+            f"kept in {outcome.state_dir}. Continue with `{program()} resume {outcome.name}` (or the same command "
+            "again)."
+        )
+
+
+def stopped(root: Path, name: str) -> str:
+    """What a Ctrl+C left of sweep `name` under `root`, and how to go on (the message of `Interrupted`)."""
+    from sweeps.sweep.state import SweepState
+
+    state = SweepState(root, name)
+    try:
+        if not state.exists():
+            return f"stopped by Ctrl+C before sweep {name!r} started; nothing was recorded. Run the same command again."
+        counts, requested = state.counts(), int(state.read_meta().get("requested") or 0)
+    # The message must come out whatever the state files hold (a second Ctrl+C included).
+    except (SweepsError, OSError, ValueError, KeyboardInterrupt):
+        return (f"stopped by Ctrl+C; sweep {name!r} is kept in {state.folder}. Continue with "
+                f"`{program()} resume {name}` (or the same command again).")
+    done = counts["complete"] + counts["failed"]
+    if requested and done >= requested:
+        return (f"stopped by Ctrl+C after sweep {name!r} had all its {requested} trials, before its winner was "
+                f"registered. Register it with `{program()} select {name}` (or the same command again).")
+    return (f"stopped by Ctrl+C: sweep {name!r} has {done} of {requested or '?'} trials, kept in {state.folder}. "
+            f"Continue with `{program()} resume {name}` (or the same command again).")
 
 
 @app.command()
@@ -125,11 +185,23 @@ def run(
     """
     from sweeps import pipeline
 
+    loaded: list[Config] = []
+
+    def interrupted() -> str:
+        if not loaded:
+            return ("stopped by Ctrl+C before the config was read; nothing was run or recorded. Run the same "
+                    "command again.")
+        from sweeps.sweep.engine import resolve_sweep_name  # imported already, by the pipeline
+
+        cfg = loaded[0]
+        return stopped(Path(cfg.sweep.storage).resolve(), resolve_sweep_name(cfg))
+
     def body() -> None:
         cfg = load(config, overrides)
+        loaded.append(cfg)
         result = with_progress(
             quiet, as_json, lambda on_progress: pipeline.run(cfg, address=address, on_progress=on_progress,
-                                                             sweep_only=sweep_only)
+                                                             sweep_only=sweep_only, program=program())
         )
         if result.not_registered is not None:  # tracking off: swept, nothing registered, say how to
             if as_json:
@@ -150,7 +222,7 @@ def run(
         render_champion(result.champion, result.selection.model_name, result.selection.tracking_uri,
                         cfg.tracking.uri is not None)
 
-    guard(body)
+    guard(body, interrupted)
 
 
 @app.command()
@@ -174,10 +246,14 @@ def resume(
         )
         finish(outcome, as_json)
         if not as_json:
-            command = f"sweeps select {name}" if stored.tracking.enabled else pipeline.select_command(stored, name)
+            command = (
+                f"{program()} select {name}"
+                if stored.tracking.enabled
+                else pipeline.select_command(stored, name, program=program())
+            )
             console.print(f"select and register its winner with `{command}`", markup=False, highlight=False)
 
-    guard(body)
+    guard(body, lambda: stopped(storage_root(storage, config), name))
 
 
 @app.command("ls")
@@ -186,29 +262,36 @@ def list_(
     config: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List sweeps with their status and trial counts."""
+    """List sweeps with their status and trial counts; a sweep whose files cannot be read shows `corrupt: <reason>`."""
     from sweeps.sweep.state import list_sweeps
 
     def body() -> None:
         root = storage_root(storage, config)
-        rows = []
-        for state in list_sweeps(root):
-            meta = state.read_meta()
-            rows.append({"name": state.name, "status": meta.get("status"), "requested": meta.get("requested"),
-                         **state.counts(), "started": meta.get("started")})
+        rows = [state.describe() for state in list_sweeps(root)]
         if as_json:
             print_json(rows)
             return
         table = Table(title=f"Sweeps in {root}")
         for column in ("name", "status", "requested", "complete", "failed", "running", "started"):
-            table.add_column(column)
+            # The name is what users copy: never cut or wrapped; the other columns give way.
+            table.add_column(column, no_wrap=column == "name", overflow="fold")
+        lines = []
         for row in rows:
             started = "-"
             if row["started"]:
                 started = dt.datetime.fromtimestamp(float(row["started"])).isoformat(" ", "seconds")
-            table.add_row(*(str(row[c]) for c in ("name", "status", "requested", "complete", "failed", "running")),
-                          started)
-        console.print(table)
+            # Text, not markup: a reason quoting a file may hold brackets.
+            cells = [Text("-" if row[c] is None else str(row[c]))
+                     for c in ("name", "status", "requested", "complete", "failed", "running")]
+            table.add_row(*cells, started)
+            lines.append(Text.assemble(cells[0], f"\n  {cells[1]}, {cells[3]} of {cells[2]} complete, {cells[4]} "
+                                                 f"failed, {cells[5]} running, started {started}"))
+        if Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width:
+            console.print(table)
+            return
+        console.print(f"Sweeps in {root}", highlight=False, soft_wrap=True)  # too narrow for the table
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
 
     guard(body)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from sweeps.cli.common import ConfigOption, JsonOption, OverridesArg, app, console, guard, load, print_json
+from sweeps.cli.common import ConfigOption, JsonOption, OverridesArg, app, console, guard, load, print_json, program
 
 
 @app.command()
@@ -34,6 +34,6 @@ def train(
             table.add_row("model", result.model_uri)
         console.print(table)
         if result.tracking_uri:
-            console.print(f"open it with: mlflow ui --backend-store-uri {result.tracking_uri}")
+            console.print(f"open it with: {program('mlflow')} ui --backend-store-uri {result.tracking_uri}")
 
     guard(body)

@@ -208,15 +208,35 @@ def _dataset_link(client: MlflowClient, runs: list[Run]) -> tuple[Link, str | No
     return _absent("dataset", f"no run in the chain carries a {CARD_ARTIFACT} artifact or a dataset input"), None
 
 
-def _config_summary(tree: Mapping[str, Any]) -> dict[str, Any]:
+def _described_policy(tree: Mapping[str, Any]) -> str | None:
+    """The policy as the version's `sweeps.policy` tag words it (`single objective: rmse (min)`), else its kind."""
+    from pydantic import ValidationError
+
+    from sweeps.config import Config
+    from sweeps.selection.policies import describe_policy
+
+    try:
+        config = Config.model_validate(dict(tree))
+    except ValidationError:  # a config of another version of the schema: its kind is all we can say
+        return ((tree.get("registry") or {}).get("policy") or {}).get("kind")
+    return describe_policy(config.registry.policy, config.sweep.objectives)
+
+
+def _config_summary(tree: Mapping[str, Any], sweep_name: str | None) -> dict[str, Any]:
+    """The config's facts, in the words the rest of the chain uses.
+
+    A sweep named by digest has no `sweep.name` in its config: the name it ran under (the
+    version's tag) is shown instead, and the policy is described as the version's tag describes it.
+    """
     sweep = tree.get("sweep") or {}
     return {
-        "sweep": sweep.get("name"),
+        "sweep": sweep.get("name") or sweep_name,
         "objectives": sweep.get("objectives"),
         "search_space": sorted((sweep.get("search_space") or {}).keys()),
         "num_trials": sweep.get("num_trials"),
         "sampler": sweep.get("sampler"),
-        "policy": (tree.get("registry") or {}).get("policy"),
+        "policy": _described_policy(tree),
+        "policy_config": (tree.get("registry") or {}).get("policy"),
         "data": tree.get("data"),
         "split": tree.get("split"),
     }
@@ -227,8 +247,8 @@ def _config_link(client: MlflowClient, runs: list[Run], storage_root: Path | Non
         text = _artifact(client, run, CONFIG_ARTIFACT)
         if text is not None:
             tree = yaml.safe_load(text) or {}
-            facts = {"from": f"artifact {CONFIG_ARTIFACT} of run {run.info.run_id}", "summary": _config_summary(tree),
-                     "config": tree}
+            facts = {"from": f"artifact {CONFIG_ARTIFACT} of run {run.info.run_id}",
+                     "summary": _config_summary(tree, sweep), "config": tree}
             return Link("config", f"runs:/{run.info.run_id}/{CONFIG_ARTIFACT}", True, facts)
     if storage_root is not None and sweep:
         from sweeps.sweep.state import SweepState
@@ -236,7 +256,8 @@ def _config_link(client: MlflowClient, runs: list[Run], storage_root: Path | Non
         state = SweepState(storage_root, sweep)
         if state.exists():
             tree = state.config().model_dump(mode="json")
-            facts = {"from": f"stored sweep state {state.meta_path}", "summary": _config_summary(tree), "config": tree}
+            facts = {"from": f"stored sweep state {state.meta_path}", "summary": _config_summary(tree, sweep),
+                     "config": tree}
             return Link("config", str(state.meta_path), True, facts)
     where = f" nor a sweep state under {storage_root}" if storage_root is not None else ""
     return _absent("config", f"no {CONFIG_ARTIFACT} artifact in the chain{where}")

@@ -38,6 +38,7 @@ from sweeps.selection.refit import (
     refit_breaks_bounds,
 )
 from sweeps.sweep.engine import SweepOutcome
+from sweeps.sweep.state import SweepState
 from sweeps.tracking.client import ensure_experiment, mlflow_dataset, use_tracking
 from sweeps.tracking.lookup import find_sweep_run, find_trial_run
 from sweeps.tracking.names import (
@@ -253,7 +254,9 @@ def select_and_register(
     margin = config.registry.min_improvement
     tried = candidates(outcome, config, selection)
     notes: list[str] = []  # candidates passed over: a bound of the policy broken after the refit
-    with use_tracking(uri) as client:
+    # One select at a time per sweep, policy and model: the second finds the first one's version.
+    state = SweepState(outcome.state_dir.parent, outcome.name)
+    with use_tracking(uri) as client, state.selecting(name, selection.policy):
         for record in tried:
             identity = {
                 TAG_SWEEP: record.sweep,

@@ -44,7 +44,7 @@ CSV_NAME = "trials.csv"
 _PLOTS = ("history", "pareto", "importance", "params")
 _CAPTIONS = {
     "history": "Optimisation history: every complete trial and the best value so far, per objective.",
-    "pareto": "Pareto front: trials that no other trial beats on every objective.",
+    "pareto": "Pareto front: the points no trial beats on every objective (trials that share a point count once).",
     "importance": "Parameter importance: how much each parameter matters for reaching the best trials.",
     "params": "Parameters of every complete trial, coloured by the first objective.",
 }
@@ -215,17 +215,16 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def _rate(outcome: SweepOutcome) -> str:
-    if outcome.evaluated_now and outcome.wall_s > 0:
-        return f"{outcome.trials_per_s:.1f} (this run: {outcome.evaluated_now:,} trials)"
-    if outcome.wall_s > 0 and outcome.records:
-        return f"{len(outcome.records) / outcome.wall_s:.1f} (all stored trials over the recorded wall time)"
+    """The sweep's rate: every evaluation over the wall time of the commands that ran them, resumes included."""
+    if outcome.evaluated_total and outcome.wall_s > 0:
+        return f"{outcome.trials_per_s:.1f} ({outcome.evaluated_total:,} trials evaluated)"
     return "-"
 
 
 def _summary(outcome: SweepOutcome) -> str:
     metrics = [m for m, _ in outcome.objectives]
     objectives = ", ".join(f"{m} ({d})" for m, d in outcome.objectives)
-    wall = f"{outcome.wall_s:.1f} s" if outcome.wall_s > 0 else "-"
+    wall = f"{outcome.wall_s:.1f} s (every command that ran trials, added up)" if outcome.wall_s > 0 else "-"
     rows = [
         ("status", outcome.status),
         ("objectives", objectives),
@@ -242,10 +241,32 @@ def _summary(outcome: SweepOutcome) -> str:
     return _table((), rows)
 
 
+def _front(outcome: SweepOutcome) -> str:
+    """The Pareto front as distinct objective vectors: one row each (its first trial), with how many trials share it."""
+    metrics = [m for m, _ in outcome.objectives]
+    points = outcome.front
+    shown = [p.first for p in points[:_MAX_BEST_ROWS]]
+    params = sorted({p for r in shown for p in r.params})
+    others = [m for m in dict.fromkeys(m for r in shown for m in r.metrics) if m not in metrics]
+    rows = [
+        [p.first.number, p.count, *(p.first.params.get(k) for k in params),
+         *(p.first.metrics.get(m) for m in [*metrics, *others])]
+        for p in points[:_MAX_BEST_ROWS]
+    ]
+    trials = sum(p.count for p in points)
+    intro = (f"<p>{len(points):,} distinct points, reached by {trials:,} trials; each row is the first trial "
+             "that reached its point (every trial is in the CSV).</p>")
+    more = len(points) - _MAX_BEST_ROWS
+    tail = f"<p>... and {more:,} more points on the front (see {CSV_NAME}).</p>" if more > 0 else ""
+    return intro + _table(["first trial", "trials", *params, *metrics, *others], rows) + tail
+
+
 def _best(outcome: SweepOutcome) -> str:
     metrics = [m for m, _ in outcome.objectives]
     if not outcome.best:
         return "<p>No trial is usable (complete with finite objectives), so there is no best trial.</p>"
+    if len(metrics) > 1:
+        return _front(outcome)
     first, direction = outcome.objectives[0]
     sign = 1.0 if direction == "minimize" else -1.0
     best = sorted(outcome.best, key=lambda r: (sign * r.metrics[first], r.number))

@@ -121,21 +121,25 @@ def plot_pareto(outcome: SweepOutcome, max_points: int = MAX_POINTS) -> Figure:
         raise PlotUnavailable(f"a Pareto front needs at least 2 objectives, got {len(outcome.objectives)}.")
     usable = _require_usable(outcome, "the Pareto front plot")
     (mx, dx), (my, dy) = outcome.objectives[:2]
-    front_numbers = {r.number for r in outcome.best}
     shown = _subsample(usable, set(), max_points)
     xs = np.array([r.metrics[mx] for r in usable])
     ys = np.array([r.metrics[my] for r in usable])
-    front = sorted((r for r in usable if r.number in front_numbers), key=lambda r: (r.metrics[mx], r.metrics[my]))
+    # One marker per distinct point of the front, however many trials share it (the count is written by it).
+    front = sorted(outcome.front, key=lambda p: (p.values[0], p.values[1]))
+    trials = sum(p.count for p in front)
     fig = Figure(figsize=(7.5, 5.5), layout="constrained")
     ax = fig.subplots()
     ax.scatter(xs[shown], ys[shown], s=_size(len(shown)), alpha=0.4, linewidths=0, color="tab:gray", label="trial")
-    fx = [r.metrics[mx] for r in front]
-    fy = [r.metrics[my] for r in front]
+    fx = [p.values[0] for p in front]
+    fy = [p.values[1] for p in front]
     if len(outcome.objectives) == 2:
         ax.step(fx, fy, where="post" if dx == "minimize" else "pre", color=_BEST, alpha=0.5, linewidth=1)
-    ax.scatter(
-        fx, fy, s=36, color=_BEST, edgecolors="black", linewidths=0.5, zorder=3, label=f"Pareto front ({len(front):,})"
-    )
+    label = f"Pareto front ({len(front):,} points, {trials:,} trials)"
+    ax.scatter(fx, fy, s=36, color=_BEST, edgecolors="black", linewidths=0.5, zorder=3, label=label)
+    for point in front:
+        if point.count > 1:
+            ax.annotate(f"x{point.count:,}", (point.values[0], point.values[1]), xytext=(4, 4),
+                        textcoords="offset points", fontsize="x-small", color=_BEST)
     ax.set_xlabel(_label(mx, dx))
     ax.set_ylabel(_label(my, dy))
     extra = "" if len(outcome.objectives) == 2 else f", first 2 of {len(outcome.objectives)} objectives"

@@ -31,9 +31,10 @@ from sweeps.errors import PROJECT_ERRORS, RunFailed, UsageError
 from sweeps.registry.versions import parse_model_uri, resolve_version
 from sweeps.scoring.batch import BadRows, BlockSpec, FragmentCount, RowCounts, account
 from sweeps.scoring.output import BlockWriter, OutputTarget, discard, plan_output, publish, seal
-from sweeps.scoring.reader import InputPlan, inspect_input, plan_input
-from sweeps.scoring.runs import BatchRun, end_batch_run, start_batch_run
+from sweeps.scoring.reader import InputLayout, InputPlan, inspect_input, plan_input
+from sweeps.scoring.runs import BatchRun, end_batch_run, start_batch_run, training_run
 from sweeps.serving.model import load_served_model
+from sweeps.serving.trust import ModelTrust
 from sweeps.tracking.names import (
     TAG_BAD_ROWS,
     TAG_BATCH_RUN,
@@ -169,7 +170,7 @@ def _project_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _plan_in_background(layout: Any, fragment_bytes: int) -> Callable[[], InputPlan]:
+def _plan_in_background(layout: InputLayout, fragment_bytes: int) -> Callable[[], InputPlan]:
     """Hash and cut the input in a thread (hashing and reads release the GIL) while Ray starts."""
     result: dict[str, Any] = {}
 
@@ -197,13 +198,18 @@ def predict(
     tracking_uri: str,
     request: PredictRequest,
     on_progress: Callable[[PredictProgress], None] | None = None,
+    trust: ModelTrust | None = None,
 ) -> PredictResult:
-    """Score `request.input` with a registered model version on Ray Data; see the module docstring."""
+    """Score `request.input` with a registered model version on Ray Data; see the module docstring.
+
+    The version is loaded under the endpoint's rules (`trust`, from `serve.*` of the config).
+    """
     started = time.perf_counter()
     say = on_progress or (lambda _: None)
     version = resolve_version(client, parse_model_uri(request.model_uri))
     say(PredictProgress(f"loading {version.name} version {version.version}"))
-    model = load_served_model(client, tracking_uri, version)
+    training = training_run(client, version)  # the run the job's MLflow run will link to
+    model = load_served_model(client, tracking_uri, version, trust)
     layout = inspect_input(request.input, model.columns)
     target = plan_output(request.output, request.errors, request.bad_rows, request.overwrite, request.input)
     say(PredictProgress(f"reading {len(layout.files)} file(s) and starting Ray"))
@@ -221,7 +227,7 @@ def predict(
             TAG_INPUT_DIGEST: plan.digest,
             TAG_BAD_ROWS: request.bad_rows,
         } | ({TAG_ERRORS_PATH: str(target.errors)} if target.errors is not None else {})
-        run = start_batch_run(client, version, tags)
+        run = start_batch_run(client, version, tags, training)
         metadata = {
             TAG_MODEL_NAME: run.model_name,
             TAG_MODEL_VERSION: run.model_version,

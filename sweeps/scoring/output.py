@@ -13,6 +13,7 @@ MLflow tag names (`sweeps.model_name`, `sweeps.model_version`, `sweeps.training_
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -197,20 +198,37 @@ def seal(target: OutputTarget, spec: BlockSpec, metadata: dict[str, str]) -> Sea
     return Sealed(_rows(outputs), rows_bad, len(outputs), sum(p.stat().st_size for p in outputs))
 
 
-def _replace(source: Path, destination: Path) -> None:
-    if destination.is_dir() and not destination.is_symlink():
-        shutil.rmtree(destination)
-    elif destination.exists() or destination.is_symlink():
-        destination.unlink()
-    source.rename(destination)
+def _refuse_taken(destination: Path) -> None:
+    if destination.exists() or destination.is_symlink():
+        raise UsageError(f"{destination} appeared while the job ran (another job?); pass --overwrite to replace it.")
+
+
+def _place(source: Path, destination: Path, overwrite: bool) -> None:
+    """Rename `source` to `destination`; without `overwrite`, never over something that appeared meanwhile."""
+    if overwrite:
+        if destination.is_dir() and not destination.is_symlink():
+            shutil.rmtree(destination)
+        elif destination.exists() or destination.is_symlink():
+            destination.unlink()
+    else:
+        _refuse_taken(destination)
+    if source.is_dir() or overwrite:
+        source.rename(destination)  # a folder is never renamed over a non-empty one
+    else:
+        os.link(source, destination)  # fails if the name is taken: no clobbering a racing job's file
+        source.unlink()
 
 
 def publish(target: OutputTarget) -> None:
     """Move the sealed files to their paths (replacing old ones only under --overwrite) and drop the staging folder."""
-    final = target.staging / "output.parquet" if target.single_file else target.parts
-    _replace(final, target.output)
+    moves = [(target.staging / "output.parquet" if target.single_file else target.parts, target.output)]
     if target.errors is not None:
-        _replace(target.staging / "errors.parquet", target.errors)
+        moves.append((target.staging / "errors.parquet", target.errors))
+    if not target.overwrite:  # both checked before either moves
+        for _, destination in moves:
+            _refuse_taken(destination)
+    for source, destination in moves:
+        _place(source, destination, target.overwrite)
     shutil.rmtree(target.staging, ignore_errors=True)
 
 

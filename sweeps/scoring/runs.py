@@ -35,7 +35,7 @@ from sweeps.tracking.names import (
     TAG_TRAINING_RUN,
 )
 
-__all__ = ["BatchRun", "batch_scoring_runs", "end_batch_run", "start_batch_run"]
+__all__ = ["BatchRun", "batch_scoring_runs", "end_batch_run", "start_batch_run", "training_run"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class BatchRun:
     training_run_id: str
 
 
-def _training_run(client: MlflowClient, version: ModelVersion) -> Run:
+def training_run(client: MlflowClient, version: ModelVersion) -> Run:
+    """The run a batch-scoring run links to; refused (exit 2) when the version names none this store has."""
     if not version.run_id:
         raise UsageError(
             f"Model {version.name!r} version {version.version} names no training run, so a batch-scoring run "
@@ -68,9 +69,11 @@ def _training_run(client: MlflowClient, version: ModelVersion) -> Run:
         ) from None
 
 
-def start_batch_run(client: MlflowClient, version: ModelVersion, tags: dict[str, str]) -> BatchRun:
+def start_batch_run(
+    client: MlflowClient, version: ModelVersion, tags: dict[str, str], training: Run | None = None
+) -> BatchRun:
     """Create the RUNNING run of a job about to start; `tags` add the job's paths, digest and policy."""
-    training = _training_run(client, version)
+    training = training or training_run(client, version)
     name, number = version.name, str(version.version)
     linked = {
         TAG_KIND: KIND_BATCH,

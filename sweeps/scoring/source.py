@@ -64,34 +64,41 @@ class FragmentSource(Datasource):
 
 
 @contextmanager
-def _quiet_ray_data() -> Iterator[None]:
-    """Ray Data's own lines (start, finish, a failed task's traceback), hidden unless --debug.
+def _scoring_context() -> Iterator[None]:
+    """Ray Data settings for one scoring job, put back afterwards (the process may run other datasets).
 
-    The job reports a failure itself, in one line; with --debug everything Ray Data says is shown.
+    No progress bars (the CLI draws its own, in rows/s). A DataError raised in a task (a bad row
+    under --bad-rows error, a torn file) reaches the driver as itself, not as Ray Data's generic
+    "UDF failed". Ray Data's own lines (start, finish, a failed task's traceback) are hidden
+    unless --debug: the job reports a failure itself, in one line.
     """
+    context = DataContext.get_current()
+    saved = (context.enable_progress_bars, context.print_on_execution_start, context.raise_original_map_exception)
     logger = logging.getLogger("ray.data")
     level = logger.level
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    context.raise_original_map_exception = True
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
         logger.setLevel(level)
+        (
+            context.enable_progress_bars,
+            context.print_on_execution_start,
+            context.raise_original_map_exception,
+        ) = saved
 
 
 def run_pipeline(plan: InputPlan, writer: BlockWriter) -> Iterator[pa.Table]:
     """Run the pipeline; summary tables (`output.SUMMARY_SCHEMA`) arrive as tasks finish."""
-    context = DataContext.get_current()
-    context.enable_progress_bars = False  # the CLI draws its own, in rows/s
-    context.print_on_execution_start = False
-    # A DataError raised in a task (a bad row under --bad-rows error, a torn file) reaches the
-    # driver as itself, not as Ray Data's generic "UDF failed", so the CLI can print its message.
-    context.raise_original_map_exception = True
     if not plan.fragments:
         return
-    # One block per read task: a smaller count would make Ray split each read's output, which
-    # stops it fusing the read with the map (and ships every block through the object store).
-    source = ray.data.read_datasource(FragmentSource(plan), override_num_blocks=len(plan.fragments))
-    dataset = source.map_batches(writer, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
-    with _quiet_ray_data():
+    with _scoring_context():
+        # One block per read task: a smaller count would make Ray split each read's output, which
+        # stops it fusing the read with the map (and ships every block through the object store).
+        source = ray.data.read_datasource(FragmentSource(plan), override_num_blocks=len(plan.fragments))
+        dataset = source.map_batches(writer, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
         yield from dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0)

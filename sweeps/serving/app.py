@@ -8,7 +8,12 @@ replica pushes, so /metrics and /monitoring cover them all). `build_app` is the 
 Hot swap: each replica re-reads the alias every `alias_poll_s`; a new version is loaded off
 the event loop, then replaces the old one in a single assignment. A request holds the model it
 started with, so requests in flight finish on the old version, and the answer's
-`x-model-version` header names the version that actually scored it.
+`x-model-version` header names the version that actually scored it. A version is loaded only if
+`sweeps.serving.trust` accepts it (skops and this project's lineage by default); a refused one
+is logged as an error, shown in /monitoring, and the replica keeps serving what it had.
+
+Every answer must cross the proxy-to-replica gRPC hop, whose messages Ray Serve limits (4 MiB):
+a larger answer is refused here with 413 rather than failing in the proxy with a 500.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ray.serve import Application, Deployment
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from sweeps._compat.ray_serve import replica_message_limit
 from sweeps.config import RegistryConfig, ServeConfig, TrackingConfig, format_validation_error
 from sweeps.errors import (
     ConfigError,
@@ -40,6 +46,7 @@ from sweeps.errors import (
     PayloadTooLarge,
     ProtocolError,
     ServiceUnavailable,
+    UntrustedModel,
 )
 from sweeps.registry.versions import parse_model_uri, resolve_version
 from sweeps.serving.figures import ModelIdentity, VersionStats, merge_snapshots, summarize
@@ -52,6 +59,7 @@ from sweeps.serving.protocol import (
     encode_predictions,
     parse_request,
 )
+from sweeps.serving.trust import ModelTrust
 
 __all__ = [
     "AppArgs",
@@ -69,6 +77,7 @@ RETRY_FAILED_S = 60.0
 LARGE_BODY = 256 * 1024  # bodies above this are parsed off the event loop
 JSON = "application/json"
 CLIENT_CLOSED = 499  # nginx's status for a request the client abandoned
+ANSWER_MARGIN = 64 * 1024  # room in a gRPC message for the answer's headers and framing
 
 
 class AppArgs(ServeConfig):
@@ -128,6 +137,8 @@ class ModelServer:
         self._tracking_uri = str(settings.tracking_uri)
         self._client = MlflowClient(tracking_uri=self._tracking_uri, registry_uri=self._tracking_uri)
         self._limits = Limits(max_rows=settings.max_rows, max_body_bytes=settings.max_body_bytes)
+        self._trust = ModelTrust.of(settings.trusted_formats, settings.require_lineage, settings.skops_trusted_types)
+        self._max_answer = replica_message_limit() - ANSWER_MARGIN
         self._store = stats_store
         self._replica = uuid.uuid4().hex[:12]
         self._started = time.time()
@@ -162,11 +173,11 @@ class ModelServer:
                 self._note_problem(f"Cannot refresh {self._ref.uri}: {exc}", exc_info=True)
             await asyncio.sleep(self._settings.alias_poll_s)
 
-    def _note_problem(self, message: str, exc_info: bool = False) -> None:
+    def _note_problem(self, message: str, exc_info: bool = False, level: int = logging.WARNING) -> None:
         """Remember why the alias is not (or no longer) served; log each distinct reason once."""
         if message != self._problem:
             serving = f"; still serving version {self._current.identity.version}" if self._current else ""
-            log.warning("%s%s", message, serving, exc_info=exc_info)
+            log.log(level, "%s%s", message, serving, exc_info=exc_info)
         self._problem = message
 
     async def _refresh(self) -> None:
@@ -183,7 +194,11 @@ class ModelServer:
         if self._failed and self._failed[0] == number and time.monotonic() - self._failed[1] < RETRY_FAILED_S:
             return  # this version failed to load a moment ago: retry later, not every poll
         try:
-            loaded = await asyncio.to_thread(load_served_model, self._client, self._tracking_uri, version)
+            loaded = await asyncio.to_thread(load_served_model, self._client, self._tracking_uri, version, self._trust)
+        except UntrustedModel as exc:  # refused before anything was deserialized
+            self._failed = (number, time.monotonic())
+            self._note_problem(f"Refused version {number} of {self._ref.uri}: {exc}", level=logging.ERROR)
+            return
         except Exception as exc:
             self._failed = (number, time.monotonic())
             self._note_problem(f"Cannot load version {number} of {self._ref.uri}: {exc}", exc_info=True)
@@ -236,12 +251,21 @@ class ModelServer:
                     raise NotFound(f"{path} accepts {allowed}, got {request.method}.", status=405)
                 known = sorted({p for _, p in self._routes})
                 raise NotFound(f"No endpoint {path}; this server has {known}.")
-            return await handler(request)
+            response = await handler(request)
+            if len(response.body) > self._max_answer:
+                raise PayloadTooLarge(self._too_large(len(response.body)))
+            return response
         except ProtocolError as err:
             return self._error(err, self._current)
         except Exception:
             log.exception("unexpected failure answering %s %s", request.method, path)
             return _internal_error()
+
+    def _too_large(self, size: int) -> str:
+        return (
+            f"The answer would be {size} bytes, more than the {self._max_answer} bytes that can cross from the "
+            "replica to Ray Serve's proxy; send fewer rows per request."
+        )
 
     def _headers(self, model: ServedModel | None) -> dict[str, str]:
         if model is None:
@@ -278,6 +302,8 @@ class ModelServer:
                     "The model produced a non-finite prediction: some input is far outside the training range."
                 )
             content = encode_predictions(predictions, parsed.legacy)
+            if len(content) > self._max_answer:
+                raise PayloadTooLarge(self._too_large(len(content)))
         except ProtocolError as err:
             stats.observe_request(err.status, time.perf_counter() - start, err.error_code)
             return self._error(err, model)

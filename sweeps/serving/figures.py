@@ -3,6 +3,11 @@
 Counters, histogram buckets and (count, mean, M2) moments merge exactly across replicas
 (moments with Chan's parallel update, which stays accurate where sums of squares cancel).
 Drift compares the served inputs with the training statistics in the dataset card.
+
+Every figure stays finite whatever finite values are served: values beyond +-`MOMENT_LIMIT`
+(1e100; a wine feature is below 1e3) count as +-`MOMENT_LIMIT` in the moments and sums, whose
+squares and sums then stay far from float overflow; min, max and the out-of-range counts use the
+values as they came.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 PREDICTION_BUCKETS: tuple[float, ...] = tuple(float(q) / 2 for q in range(21))  # quality 0..10 by 0.5
 QUANTILES = (0.5, 0.95, 0.99)
+MOMENT_LIMIT = 1e100
 
 
 @dataclass(frozen=True)
@@ -119,24 +125,25 @@ class VersionStats:
         _observe(self.latency, seconds)
 
     def observe_rows(self, features: np.ndarray, predictions: np.ndarray) -> None:
-        """Fold a scored batch into the input and prediction distributions."""
+        """Fold a scored batch into the input and prediction distributions (finite values only)."""
         n = int(features.shape[0])
+        self._feature_outside += ((features < self._low) | (features > self._high)).sum(axis=0)
+        self.prediction_range = [
+            min(self.prediction_range[0], float(predictions.min())),
+            max(self.prediction_range[1], float(predictions.max())),
+        ]
+        features, predictions = _bounded(features), _bounded(predictions)
         batch_mean = features.mean(axis=0)
         centred = features - batch_mean
         batch_m2 = np.einsum("ij,ij->j", centred, centred)
         _, self._feature_mean, self._feature_m2 = _combine(
             self._rows, self._feature_mean, self._feature_m2, n, batch_mean, batch_m2
         )
-        self._feature_outside += ((features < self._low) | (features > self._high)).sum(axis=0)
         p_mean = np.array([predictions.mean()])
         p_m2 = np.array([float(((predictions - p_mean[0]) ** 2).sum())])
         self._rows, self._prediction_mean, self._prediction_m2 = _combine(
             self._rows, self._prediction_mean, self._prediction_m2, n, p_mean, p_m2
         )
-        self.prediction_range = [
-            min(self.prediction_range[0], float(predictions.min())),
-            max(self.prediction_range[1], float(predictions.max())),
-        ]
         hist = self.predictions
         if n == 1:
             hist["counts"][bisect.bisect_left(PREDICTION_BUCKETS, float(predictions[0]))] += 1
@@ -171,6 +178,13 @@ class VersionStats:
             },
             "feature_outside": self._feature_outside.tolist(),
         }
+
+
+def _bounded(values: np.ndarray) -> np.ndarray:
+    """`values` with anything beyond +-MOMENT_LIMIT set to it: squares and sums of them stay finite."""
+    if np.abs(values).max(initial=0.0) <= MOMENT_LIMIT:
+        return values
+    return np.clip(values, -MOMENT_LIMIT, MOMENT_LIMIT)
 
 
 def _observe(hist: dict[str, Any], value: float) -> None:
@@ -256,6 +270,11 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _known(value: float | None) -> float | None:
+    """`value` if it is a finite number, else None: what /monitoring can always write as JSON."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def summarize(snap: Mapping[str, Any]) -> dict[str, Any]:
     """The figures a person (or `sweeps monitor`) reads, from one merged snapshot."""
     requests = sum(snap["status"].values())
@@ -265,14 +284,14 @@ def summarize(snap: Mapping[str, Any]) -> dict[str, Any]:
         f"p{round(q * 100)}_ms": (v * 1000 if (v := histogram_quantile(q, lat["bounds"], lat["counts"])) else None)
         for q in QUANTILES
     }
-    latency["mean_ms"] = lat["sum"] / lat["count"] * 1000 if lat["count"] else None
+    latency["mean_ms"] = _known(lat["sum"] / lat["count"] * 1000) if lat["count"] else None
     moments = snap["prediction_moments"]
     n = moments["count"]
     predictions: dict[str, float | int | None] = {"count": n, "mean": None, "std": None, "min": None, "max": None}
     if n:
-        predictions["mean"] = moments["mean"][0]
-        predictions["std"] = math.sqrt(moments["m2"][0] / n)
-        predictions["min"], predictions["max"] = snap["prediction_range"]
+        predictions["mean"] = _known(moments["mean"][0])
+        predictions["std"] = _known(math.sqrt(max(moments["m2"][0], 0.0) / n))
+        predictions["min"], predictions["max"] = (_known(v) for v in snap["prediction_range"])
     drift: dict[str, dict[str, float | None]] = {}
     features = snap["feature_moments"]
     count = features["count"]
@@ -281,11 +300,11 @@ def summarize(snap: Mapping[str, Any]) -> dict[str, Any]:
         if not count or card is None:
             drift[column] = {"mean": None, "mean_shift": None, "std_ratio": None, "out_of_range": None}
             continue
-        mean, std = features["mean"][i], math.sqrt(features["m2"][i] / count)
+        mean, std = features["mean"][i], math.sqrt(max(features["m2"][i], 0.0) / count)
         drift[column] = {
-            "mean": mean,
-            "mean_shift": (mean - card["mean"]) / card["std"] if card["std"] > 0 else None,
-            "std_ratio": std / card["std"] if card["std"] > 0 else None,
+            "mean": _known(mean),
+            "mean_shift": _known((mean - card["mean"]) / card["std"]) if card["std"] > 0 else None,
+            "std_ratio": _known(std / card["std"]) if card["std"] > 0 else None,
             "out_of_range": snap["feature_outside"][i] / count,
         }
     shifts = [abs(d["mean_shift"]) for d in drift.values() if d["mean_shift"] is not None]

@@ -1,7 +1,10 @@
 """The model behind the endpoint: resolve `models:/NAME@ALIAS` to a version and load it.
 
-The scikit-learn pipeline is loaded with `mlflow.sklearn` (pyfunc adds milliseconds of
-schema enforcement per call); the protocol layer already enforces the signature. For a
+Nothing is deserialized before `sweeps.serving.trust` has accepted the version: its lineage
+tags first (before the download), then its MLmodel file and model file. The scikit-learn
+pipeline is then loaded from its skops file directly, not through pyfunc (pyfunc adds
+milliseconds of schema enforcement per call); the protocol layer already enforces the
+signature. For a
 StandardScaler + linear model pipeline, predictions are computed with the same numpy
 operations scikit-learn uses, without its per-call validation; that path is checked against
 `pipeline.predict` at load time and dropped if it ever disagrees beyond 1e-9.
@@ -19,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.sklearn
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
@@ -29,6 +31,7 @@ from mlflow.models import Model
 
 from sweeps.errors import UnsupportedModel
 from sweeps.serving.figures import FeatureStats, ModelIdentity
+from sweeps.serving.trust import ModelTrust, check_lineage, check_model_dir, load_trusted
 from sweeps.tracking.names import CARD_ARTIFACT, TAG_DIGEST
 
 __all__ = [
@@ -56,10 +59,18 @@ class ServedModel:
     loaded_at: float
 
 
-def load_served_model(client: MlflowClient, tracking_uri: str, version: ModelVersion) -> ServedModel:
-    """Download and load one registered version, its signature and its dataset card."""
+def load_served_model(
+    client: MlflowClient, tracking_uri: str, version: ModelVersion, trust: ModelTrust | None = None
+) -> ServedModel:
+    """Download and load one registered version, its signature and its dataset card.
+
+    `trust` (default: skops only, lineage required) is checked before anything is deserialized;
+    a version it refuses raises `UntrustedModel`.
+    """
     start = time.perf_counter()
+    trust = trust or ModelTrust()
     name, number = version.name, str(version.version)
+    check_lineage(version, trust)
     with tempfile.TemporaryDirectory(prefix="sweeps-serve-") as tmp:
         # The version's storage location, through our client: a models:/ URI would be resolved
         # against MLflow's global registry URI, not the one we were given.
@@ -67,8 +78,9 @@ def load_served_model(client: MlflowClient, tracking_uri: str, version: ModelVer
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=location, dst_path=str(Path(tmp) / "model"), tracking_uri=tracking_uri
         )
+        checked = check_model_dir(Path(local), trust, f"Model {name!r} version {number}")
         columns = _signature_columns(Model.load(str(Path(local) / "MLmodel")), name, number)
-        pipeline = mlflow.sklearn.load_model(local)
+        pipeline = load_trusted(Path(local), checked)
         card = _load_card(client, version.run_id, tmp)
     statistics = card.get("statistics", {})
     feature_stats = FeatureStats.from_card(statistics, columns)

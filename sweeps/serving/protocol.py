@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from sweeps.errors import BadRequest, InvalidInput, PayloadTooLarge, ProtocolErr
 
 __all__ = [
     "CONTENT_TYPES",
+    "MAX_MESSAGE",
     "PAYLOAD_KEYS",
     "Limits",
     "MediaType",
@@ -40,6 +42,8 @@ CONTENT_TYPES = ("application/json", "text/csv")
 LEGACY_FORMATS = ("pandas-split", "pandas-records")
 _LEGACY_SPLIT_KEYS = frozenset({"columns", "data", "index"})
 _MAX_SHOWN = 60  # characters of a bad value quoted back in a message
+_MAX_NAMES = 10  # column names listed in a message
+MAX_MESSAGE = 4096  # characters of an error message: an answer stays small whatever the request held
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,17 @@ class ParsedRequest:
 def _shown(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, float) else repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _name(name: str) -> str:
+    """A column name quoted in a message, cut to `_MAX_SHOWN` characters."""
+    return repr(name if len(name) <= _MAX_SHOWN else name[: _MAX_SHOWN - 3] + "...")
+
+
+def _names(names: Sequence[str]) -> str:
+    """Column names listed in a message: at most `_MAX_NAMES` of them, each cut by `_name`."""
+    more = f", ... {len(names) - _MAX_NAMES} more" if len(names) > _MAX_NAMES else ""
+    return f"[{', '.join(_name(name) for name in names[:_MAX_NAMES])}{more}]"
 
 
 def check_content_length(header: str | None, limits: Limits) -> None:
@@ -187,6 +202,12 @@ def _load_json(body: bytes) -> Any:
         ) from None
     except RecursionError:
         raise BadRequest("The body is not valid JSON: nested too deeply.", error_code="MALFORMED_REQUEST") from None
+    except ValueError:  # Python's limit on integer digits, hit inside the JSON reader
+        raise BadRequest(
+            f"The body holds an integer literal longer than {sys.get_int_max_str_digits()} digits, which cannot "
+            "be read; send features as ordinary numbers.",
+            error_code="MALFORMED_REQUEST",
+        ) from None
 
 
 def _payload_key(document: dict[str, Any], keys: list[str]) -> str:
@@ -229,16 +250,17 @@ def match_columns(given: Sequence[Any], columns: Sequence[str], where: str, *, i
     seen: dict[str, int] = {}
     for i, name in enumerate(given):
         if name in seen:
-            raise InvalidInput(f"Column {name!r} appears more than once in {where}.")
+            raise InvalidInput(f"Column {_name(name)} appears more than once in {where}.")
         seen[name] = i
     missing = [c for c in columns if c not in seen]
-    unknown = [] if ignore_extra else [c for c in given if c not in set(columns)]
+    known = set(columns)
+    unknown = [] if ignore_extra else [c for c in given if c not in known]
     if missing or unknown:
         parts = []
         if missing:
-            parts.append(f"missing column(s) {missing}")
+            parts.append(f"missing column(s) {_names(missing)}")
         if unknown:
-            parts.append(f"unknown column(s) {unknown}")
+            parts.append(f"unknown column(s) {_names(unknown)}")
         raise InvalidInput(f"{where}: {' and '.join(parts)}; the model expects {list(columns)}.")
     return [seen[c] for c in columns]
 
@@ -390,5 +412,9 @@ def encode_predictions(predictions: np.ndarray, legacy: bool) -> bytes:
 
 
 def encode_error(error: ProtocolError) -> bytes:
-    """The MLflow-style error body `{"error_code": ..., "message": ...}`."""
-    return json.dumps(error.to_json()).encode()
+    """The MLflow-style error body `{"error_code": ..., "message": ...}`, its message cut to `MAX_MESSAGE`."""
+    body = error.to_json()
+    message = body["message"]
+    if len(message) > MAX_MESSAGE:
+        body["message"] = f"{message[: MAX_MESSAGE - 40]}... ({len(message)} characters in all)"
+    return json.dumps(body).encode()

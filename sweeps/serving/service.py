@@ -23,6 +23,7 @@ from ray import serve
 from sweeps._compat.ray_serve import serve_env
 from sweeps.errors import RunFailed
 from sweeps.serving.app import AppArgs, build_application
+from sweeps.serving.front import ENV_LIMITS, front_env
 
 __all__ = ["APP_NAME", "Endpoint"]
 
@@ -47,7 +48,7 @@ class Endpoint:
         self.num_cpus = num_cpus
         self._started_ray = False
         self._started_serve = False
-        self._added_env: list[str] = []
+        self._saved_env: dict[str, str | None] = {}
 
     @property
     def url(self) -> str:
@@ -56,10 +57,12 @@ class Endpoint:
     def __enter__(self) -> Endpoint:
         if not ray.is_initialized():
             if self.address is None:
-                # A local Ray we start ourselves: its workers inherit Ray's private serving settings.
-                env = serve_env()
-                self._added_env = [key for key in env if key not in os.environ]
-                os.environ.update({key: env[key] for key in self._added_env})
+                # A local Ray we start ourselves: its workers inherit Ray's private serving settings
+                # (unless the environment says otherwise) and this endpoint's HTTP front limits.
+                env = {**serve_env(), **front_env(self.settings)}
+                ours = {key: value for key, value in env.items() if key not in os.environ or key == ENV_LIMITS}
+                self._saved_env = {key: os.environ.get(key) for key in ours}
+                os.environ.update(ours)
             ray.init(address=self.address, num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=True)
             self._started_ray = True
         self._started_serve = self.address is None  # on a shared cluster, only our application is ours
@@ -107,8 +110,11 @@ class Endpoint:
             if self._started_ray:
                 ray.shutdown()
                 _reap(children)
-            for key in self._added_env:
-                os.environ.pop(key, None)
+            for key, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 def _descendants(pid: int) -> list[int]:

@@ -1,8 +1,16 @@
-"""Checks made before a sweep starts on a Ray cluster: shared sweep state, a reachable MLflow store.
+"""Checks made before a sweep starts on a Ray cluster: sweep state where the driver's nodes share it.
+
+What a multi-host sweep needs on disk: the coordinator actor, pinned to the driver's node, is the
+only writer of the sweep's Optuna journal and `sweep.json`, and Tune keeps its experiment folder
+(under the sweep's state folder) on the driver's node too; workers only receive configs and send
+results through Ray. So `sweep.storage` is a folder the driver's node writes, and on a multi-host
+cluster one on a network filesystem, so that a driver started on another node (a resubmitted job)
+finds the sweep again. Object-store URIs are refused by the config (`SweepConfig.storage`).
 
 Pure functions over the node IPs of the cluster (see `cluster_nodes`), so they run in milliseconds
 and are tested without Ray. A cluster whose nodes all have the same IP is one host (e.g. the
-two-node local cluster of the integration tests): its local paths and SQLite files are shared.
+two-node local cluster of the integration tests): its local paths are shared. The tracking store's
+check lives with tracking (`sweeps.tracking.preflight`).
 """
 
 from __future__ import annotations
@@ -19,7 +27,6 @@ __all__ = [
     "NETWORK_FILESYSTEMS",
     "ClusterNode",
     "check_shared_storage",
-    "check_tracking_uri",
     "cluster_nodes",
     "filesystem_type",
     "hosts",
@@ -37,9 +44,8 @@ _LOCAL_FUSE = frozenset({"fuseblk", "fuse.lxcfs", "fuse.portal", "fuse.gvfsd-fus
 # URI schemes that name storage private to one machine or process.
 _LOCAL_SCHEMES = frozenset({"file", "local", "memory"})
 _SHARED_HINT = (
-    "Pass a URI every node can reach, such as s3://bucket/sweeps or gs://bucket/sweeps, or a path on "
-    "a shared mount, e.g. sweep.storage=/mnt/sweeps/state (the EFS/NFS disk cluster.yaml mounts on "
-    "every node)."
+    "Pass a path on a network filesystem every node mounts, e.g. sweep.storage=/mnt/sweeps/state (the "
+    "EFS/NFS disk cluster.yaml mounts on every node)."
 )
 
 
@@ -116,15 +122,18 @@ def check_shared_storage(
 ) -> None:
     """Refuse sweep state that the nodes of a multi-host cluster cannot all read and write.
 
-    Remote URIs (s3://, gs://, abfs://, hdfs:// ...) pass; a local path passes when it is on a
-    network filesystem (NFS, EFS, SMB, Lustre, fuse mounts ...), when every node is on one host,
-    or when the caller vouches for it with `assume_shared=True`.
+    A path passes when it is on a network filesystem (NFS, EFS, SMB, Lustre, fuse mounts ...), when
+    every node is on one host, or when the caller vouches for it with `assume_shared=True`. A
+    remote URI never reaches here: the config refuses it.
     """
     if assume_shared or len(hosts(node_ips)) <= 1:
         return
     path = _local_path(storage)
     if path is None:
-        return
+        raise UsageError(
+            f"sweep.storage must be a folder on a filesystem every node of a multi-host Ray cluster mounts, but got "
+            f"the URI {storage!r}: the sweep's Optuna journal needs file locks and appends. {_SHARED_HINT}"
+        )
     fs_type = filesystem_type(path, mounts_file)
     if fs_type is not None and _is_network_filesystem(fs_type):
         return
@@ -137,25 +146,6 @@ def check_shared_storage(
         f"sweep.storage must be shared by every node of a multi-host Ray cluster "
         f"({len(hosts(node_ips))} hosts: {', '.join(hosts(node_ips))}), but got {storage!r}, {where}. "
         f"{_SHARED_HINT}"
-    )
-
-
-def check_tracking_uri(uri: str, node_ips: Sequence[str]) -> None:
-    """Refuse a local MLflow store (SQLite, file) when the cluster's nodes are on several hosts."""
-    if len(hosts(node_ips)) <= 1:
-        return
-    # Imported here: mlflow is slow to import and single-host sweeps never need this.
-    from sweeps.tracking.client import is_local_uri
-
-    if not is_local_uri(uri):
-        return
-    raise UsageError(
-        f"tracking.uri must be an MLflow tracking server on a multi-host Ray cluster "
-        f"({len(hosts(node_ips))} hosts: {', '.join(hosts(node_ips))}), but got {uri!r}, a local store "
-        "only one host can write. Run a server every node can reach, e.g. on the head node: "
-        "`mlflow server --host 0.0.0.0 --port 5000 --backend-store-uri sqlite:////mnt/sweeps/mlflow/mlflow.db "
-        "--artifacts-destination /mnt/sweeps/mlflow/artifacts` (cluster.yaml starts one), and pass its "
-        "http URI via tracking.uri=http://<head-ip>:5000 or MLFLOW_TRACKING_URI."
     )
 
 

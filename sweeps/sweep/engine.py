@@ -12,9 +12,12 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,12 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeps.config import Config, config_origin
 from sweeps.dataset import DataBundle, load_data
 from sweeps.errors import UsageError
-from sweeps.pareto import pareto_numbers
+from sweeps.interrupts import checkpoint, deferred
+from sweeps.pareto import FrontPoint, distinct_front, pareto_numbers
 from sweeps.records import TrialRecord
 from sweeps.records import TrialState as TrialState_
 from sweeps.sweep.coordinator import RESULT_ATTR
+from sweeps.sweep.journal import has_records
 from sweeps.sweep.state import SweepState
 from training.objective import Metrics, PreparedSplit, evaluate, prepare
 
@@ -88,6 +93,11 @@ class SweepOutcome:
     trials, added up, and the trials they evaluated (None: `evaluated_now`). `evaluated_now` and
     `wall_s_now` describe this command only; a re-run of a finished sweep adds nothing to either total."""
 
+    @cached_property
+    def front(self) -> tuple[FrontPoint, ...]:
+        """`best` as distinct objective vectors, each with the trials that share it (one point for one objective)."""
+        return tuple(distinct_front(self.best, self.objectives))
+
     @property
     def complete(self) -> int:
         return sum(r.state == "COMPLETE" for r in self.records)
@@ -122,6 +132,11 @@ class SweepOutcome:
             "wall_s_now": round(self.wall_s_now, 3),
             "objectives": [{"metric": m, "direction": d} for m, d in self.objectives],
             "best": [{"number": r.number, "params": r.params, "metrics": r.metrics} for r in self.best],
+            "front": [
+                {"metrics": dict(zip((m for m, _ in self.objectives), p.values, strict=True)), "trials": p.count,
+                 "number": p.first.number, "params": p.first.params}
+                for p in self.front
+            ],
             "nodes": list(self.nodes),
         } | self.extra
 
@@ -174,7 +189,7 @@ class _LiveCounts:
         self.started = time.perf_counter()
         self._complete = list(complete_before)
         self._last_progress = 0.0
-        self._front_size, self._front_at = 0, 0.0
+        self._front_text, self._front_at = "", 0.0
 
     def add(self, records: list[TrialRecord]) -> None:
         metrics = [m for m, _ in self.objectives]
@@ -195,8 +210,10 @@ class _LiveCounts:
             # The front is recomputed at most every 2 s: at 10,000 trials it is not free.
             now = time.perf_counter()
             if now - self._front_at > 2.0:
-                self._front_size, self._front_at = len(pareto_numbers(self._complete, self.objectives)), now
-            return f"front {self._front_size}"
+                front = distinct_front(self._complete, self.objectives)
+                trials = sum(point.count for point in front)
+                self._front_text, self._front_at = f"front {len(front)} ({trials} trials)", now
+            return self._front_text
         metric, direction = self.objectives[0]
         values = [r.metrics[metric] for r in self._complete]
         return f"{metric} {(min(values) if direction == 'minimize' else max(values)):.5g}"
@@ -243,21 +260,20 @@ def _connect_ray(address: str | None, concurrency: int) -> bool:
     return True
 
 
-def _check_cluster(config: Config) -> list[str]:
-    """Refuse storage (and tracking) that other hosts of the cluster cannot reach."""
-    from sweeps.sweep.cluster import check_shared_storage, check_tracking_uri, cluster_nodes
+def _check_cluster(config: Config, callbacks: Sequence[Any] = ()) -> list[str]:
+    """Refuse storage that other hosts of the cluster cannot reach; callbacks check theirs (`check_nodes`)."""
+    from sweeps.sweep.cluster import check_shared_storage, cluster_nodes
 
     node_ips = [str(n["ip"]) for n in cluster_nodes()]
     check_shared_storage(config.sweep.storage, node_ips)
-    if config.tracking.enabled:
-        check_tracking_uri(config.tracking.resolved_uri, node_ips)
+    for callback in callbacks:
+        if hasattr(callback, "check_nodes"):  # e.g. tracking refuses a local store on several hosts
+            callback.check_nodes(node_ips)
     return node_ips
 
 
-def _open_state(config: Config) -> tuple[str, SweepState]:
-    """The sweep's name and state folder, refusing a changed or concurrently running sweep."""
-    name = resolve_sweep_name(config)
-    state = SweepState(Path(config.sweep.storage).resolve(), name)
+def _open_state(config: Config, name: str, state: SweepState) -> None:
+    """Refuse a changed sweep and make its journal safe to append to; the caller holds the driver lock."""
     if state.exists():
         stored = state.config()
         if stored.sweep.objectives != config.sweep.objectives or stored.sweep.search_space != config.sweep.search_space:
@@ -266,9 +282,10 @@ def _open_state(config: Config) -> tuple[str, SweepState]:
                 "resume it unchanged with `sweeps resume`, or give a new sweep.name."
             )
         meta = state.read_meta()
-        if meta.get("status") == "running":
-            raise UsageError(f"sweep {name!r} is already running (driver pid {meta.get('pid')}); wait or stop it.")
-    return name, state
+        if meta.get("status") == "running":  # this process holds the lock: whoever wrote `running` is gone
+            log.warning("sweep %s: its previous driver (pid %s) stopped without recording how it ended; resuming "
+                        "from its journal", name, meta.get("pid"))
+    state.repair_journal()
 
 
 def _best_of(records: Sequence[TrialRecord], objectives: Sequence[tuple[str, str]]) -> tuple[TrialRecord, ...]:
@@ -294,6 +311,50 @@ def recorded_wall(meta: dict[str, Any]) -> tuple[float, int | None]:
     return 0.0, None
 
 
+class _Ledger:
+    """The sweep's record in `sweep.json`: status and the totals of every command that evaluated trials.
+
+    A command with trials to run adds its wall time and evaluations to the totals; a re-run with
+    nothing left to do writes nothing (at most a corrected status), so what is recorded describes
+    the sweep, not the last command.
+    """
+
+    def __init__(self, state: SweepState, config: Config, digest: str, done_before: int, started: float) -> None:
+        self.state, self.started = state, started
+        self.previous = state.read_meta() if state.exists() else {}
+        self.todo = done_before < config.sweep.num_trials
+        wall, evaluated = recorded_wall(self.previous)
+        # An older meta kept no count: the trials it holds were evaluated by earlier commands.
+        self.wall_before, self.evaluated_before = wall, done_before if evaluated is None else evaluated
+        self.writes = self.todo or not self.previous
+        if self.writes:
+            now = time.time()
+            state.write_meta(
+                name=state.name,
+                config=config.model_dump(mode="json"),
+                config_source=config_origin(config) or self.previous.get("config_source"),
+                status="running",
+                pid=os.getpid(),
+                started=self.previous.get("started", now),
+                last_started=now,
+                dataset_digest=digest,
+                requested=config.sweep.num_trials,
+                active_s=self.wall_before,
+                evaluated=self.evaluated_before,
+            )
+
+    def close(self, status: str, evaluated_now: int) -> tuple[float, float, int]:
+        """Record how this command ended; returns (its wall time, the sweep's wall time, its evaluations)."""
+        wall_now = time.perf_counter() - self.started
+        if self.writes:
+            wall, evaluated = self.wall_before + wall_now, self.evaluated_before + evaluated_now
+            self.state.write_meta(status=status, finished=time.time(), active_s=wall, evaluated=evaluated)
+            return wall_now, wall, evaluated
+        if self.previous.get("status") != status:  # e.g. interrupted after its last trial: completed now
+            self.state.write_meta(status=status)
+        return wall_now, self.wall_before, self.evaluated_before
+
+
 def _finished_trials(state: SweepState, name: str) -> list[FrozenTrial]:
     if not state.journal.exists():
         return []
@@ -314,36 +375,38 @@ def run_sweep(
 
     A sweep is resumed when its state folder exists: finished trials are kept, trials left
     running by an interrupted driver are evaluated again with the same params, and only the
-    remainder up to `sweep.num_trials` is asked anew.
+    remainder up to `sweep.num_trials` is asked anew. One driver at a time: the sweep's driver
+    lock is held from before its state is read until its outcome is recorded (callbacks
+    included); a second driver gets `SweepLocked` (exit 2) naming the first.
     """
+    name = resolve_sweep_name(config)
+    state = SweepState(Path(config.sweep.storage).resolve(), name)
+    with state.driving():
+        _open_state(config, name, state)
+        return _drive(config, name, state, address=address, objective=objective, callbacks=callbacks,
+                      on_progress=on_progress, bundle=bundle)
+
+
+def _drive(
+    config: Config,
+    name: str,
+    state: SweepState,
+    *,
+    address: str | None,
+    objective: Objective,
+    callbacks: Sequence[Any],
+    on_progress: Callable[[Progress], None] | None,
+    bundle: DataBundle | None,
+) -> SweepOutcome:
+    """`run_sweep` once the driver lock is held."""
     for key, value in _TUNE_ENV.items():
         os.environ.setdefault(key, value)
     started = time.perf_counter()
-    name, state = _open_state(config)
     bundle = bundle or load_data(config.data, config.split)
     objectives = [(str(o.metric), str(o.direction)) for o in config.sweep.objectives]
     before = _finished_trials(state, name)
-    previous = state.read_meta() if state.exists() else {}
-    wall_before, evaluated_before = recorded_wall(previous)
-    if evaluated_before is None:  # an older meta: the trials it holds were evaluated by earlier commands
-        evaluated_before = len(before)
-    todo = len(before) < config.sweep.num_trials
-    if todo or not previous:
-        # A re-run with nothing left to do leaves the record alone: it describes the sweep, not this command.
-        now = time.time()
-        state.write_meta(
-            name=name,
-            config=config.model_dump(mode="json"),
-            config_source=config_origin(config) or previous.get("config_source"),
-            status="running",
-            pid=os.getpid(),
-            started=previous.get("started", now),
-            last_started=now,
-            dataset_digest=bundle.digest,
-            requested=config.sweep.num_trials,
-            active_s=wall_before,
-            evaluated=evaluated_before,
-        )
+    ledger = _Ledger(state, config, bundle.digest, len(before), started)
+    todo = ledger.todo
     counts = _LiveCounts(
         objectives,
         config.sweep.num_trials,
@@ -355,13 +418,15 @@ def run_sweep(
     deadline = time.time() + config.sweep.time_budget_s if config.sweep.time_budget_s else None
     if not todo:
         log.info("sweep %s already has its %d trials; Ray is not started", name, len(before))
-    owns_ray = todo and _connect_ray(address, config.sweep.concurrency)
-    status, evaluated = "failed", 0
+    owns_ray, status, evaluated = False, "failed", 0
     try:
         if todo:
+            checkpoint()
+            with deferred():  # Ray's start is never torn half way; a Ctrl+C during it is raised after
+                owns_ray = _connect_ray(address, config.sweep.concurrency)
             log.info("ray ready after %.1f s", time.perf_counter() - started)
             if address or os.environ.get("RAY_ADDRESS"):
-                _check_cluster(config)
+                _check_cluster(config, callbacks)
             evaluated = _run_tune(config, name, state, prepare(bundle.split), objective, callbacks, counts, deadline)
         counts.report(force=True)
         finished = len(_finished_trials(state, name))
@@ -375,17 +440,13 @@ def run_sweep(
         status = "interrupted"
         raise
     finally:
-        wall_now = time.perf_counter() - started
-        evaluated_now = evaluated or counts.received  # an interrupt leaves `evaluated` unset
-        if todo or not previous:
-            state.write_meta(status=status, finished=time.time(), active_s=wall_before + wall_now,
-                             evaluated=evaluated_before + evaluated_now)
-        elif previous.get("status") != status:  # e.g. interrupted after its last trial: completed now
-            state.write_meta(status=status)
+        # An interrupt leaves `evaluated` unset; the configs Tune reported were evaluated all the same.
+        wall_now, wall_total, evaluated_total = ledger.close(status, evaluated or counts.received)
         if owns_ray:
             import ray
 
-            ray.shutdown()
+            with deferred():
+                ray.shutdown()
     records = tuple(record_from_trial(name, t) for t in _finished_trials(state, name))
     outcome = SweepOutcome(
         name=name,
@@ -397,10 +458,10 @@ def run_sweep(
         requested=config.sweep.num_trials,
         evaluated_now=evaluated,
         tune_configs_now=counts.received,
-        wall_s=wall_before + wall_now if todo else wall_before,
+        wall_s=wall_total,
         nodes=tuple(sorted(counts.nodes)),
         extra={"dataset_digest": bundle.digest},
-        evaluated=evaluated_before + evaluated_now if todo else evaluated_before,
+        evaluated=evaluated_total,
         wall_s_now=wall_now,
     )
     for callback in callbacks:
@@ -414,8 +475,9 @@ def load_outcome(root: Path, name: str) -> SweepOutcome:
     state = SweepState(root, name)
     meta = state.read_meta()
     config = state.config()
-    study = optuna.load_study(study_name=name, storage=state.storage())
-    records = tuple(record_from_trial(name, t) for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    # Interrupted before its first trial was asked, a sweep has a meta but no study yet: no trials.
+    trials = state.study().get_trials(deepcopy=False) if has_records(state.journal) else []
+    records = tuple(record_from_trial(name, t) for t in trials if t.state.is_finished())
     objectives = tuple((o.metric, o.direction) for o in config.sweep.objectives)
     wall_s, evaluated = recorded_wall(meta)
     return SweepOutcome(
@@ -502,11 +564,17 @@ def _run_tune(
         analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
         level = analysis_log.level
         analysis_log.setLevel(logging.ERROR)
+        # Tune stops gracefully on a first Ctrl+C with a SIGINT handler of its own, which it leaves
+        # installed when none came: the one before is put back, so a later Ctrl+C is not ignored.
+        handler = signal.getsignal(signal.SIGINT)
         try:
             log.info("coordinator ready; starting %d Tune workers", config.sweep.concurrency)
+            checkpoint()
             tuner.fit()
         finally:
             analysis_log.setLevel(level)
+            if handler is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, handler)
     finally:
         told = int(ray.get(coordinator.close.remote()))
         ray.kill(coordinator)

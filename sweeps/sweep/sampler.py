@@ -2,26 +2,69 @@
 
 from __future__ import annotations
 
-import heapq
+from collections import deque
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler
+from optuna.storages import InMemoryStorage
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from sweeps._compat.optuna_tpe import batch_tpe_sampler
+from sweeps.pareto import front_ranks
 
-__all__ = ["WindowedTPESampler", "make_sampler", "sampler_label"]
+__all__ = ["REPEAT_CONSTRAINT", "WindowedTPESampler", "best_distinct", "make_sampler", "sampler_label"]
 
 _FINISHED_FOR_TPE = (TrialState.COMPLETE,)
+REPEAT_CONSTRAINT = "repeats_a_known_point"
+"""Constraint set on a shadow trial whose objective values an earlier shadow trial already reached."""
 
 
-def _signed_value(trial: FrozenTrial, index: int, sign: float) -> tuple[float, int]:
-    return sign * trial.values[index], trial.number
+def _oriented(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]) -> np.ndarray:
+    signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in directions])
+    return np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(directions)) * signs
+
+
+def _crowding(values: np.ndarray) -> np.ndarray:
+    """NSGA-II's crowding distance of each row within one front: large where the front is sparse."""
+    distance = np.zeros(len(values))
+    for j in range(values.shape[1]):
+        order = np.argsort(values[:, j], kind="stable")
+        column = values[order, j]
+        span = column[-1] - column[0]
+        distance[order[[0, -1]]] = np.inf
+        if len(values) > 2 and span > 0:
+            distance[order[1:-1]] += (column[2:] - column[:-2]) / span
+    return distance
+
+
+def best_distinct(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection], n: int) -> list[FrozenTrial]:
+    """At most `n` of `trials` with distinct objective values, best first: the elite the window keeps.
+
+    Each objective vector counts once (its earliest trial stands for it), so a point that
+    thousands of trials repeat (the all-zero model, 0 coefficients) takes one place, not all of
+    them. Ranked by non-dominated sorting, then by crowding distance within the last front used,
+    so the elite spreads along the front instead of piling on one end of it.
+    """
+    if n <= 0 or not trials:
+        return []
+    first: dict[tuple[float, ...], FrozenTrial] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        first.setdefault(tuple(trial.values), trial)
+    distinct = list(first.values())
+    values = _oriented(distinct, directions)
+    if len(directions) == 1:
+        return [distinct[i] for i in np.argsort(values[:, 0], kind="stable")[:n]]
+    picked: list[FrozenTrial] = []
+    for front in front_ranks(values, n):
+        room = n - len(picked)
+        chosen = front if len(front) <= room else front[np.argsort(-_crowding(values[front]), kind="stable")[:room]]
+        picked.extend(distinct[i] for i in chosen)
+    return picked
 
 
 class WindowedTPESampler(BaseSampler):
@@ -29,10 +72,16 @@ class WindowedTPESampler(BaseSampler):
 
     Plain TPE re-reads every finished trial on every ask, so its cost grows linearly with
     history (about 7 us per trial per ask). Here TPE runs on a private in-memory "shadow" study
-    holding at most 1.5 x `window` complete trials: a quarter of the window is the best trials
-    so far (the good region is never forgotten) and the rest the most recent ones (it keeps
-    learning from what just finished, batch after batch). The shadow is rebuilt from the full
-    history every `window / 2` tells, so the amortised cost per trial is constant.
+    holding at most 1.5 x `window` complete trials: an elite of at most a quarter of the window
+    (the best distinct objective vectors so far: the good region is never forgotten) and the
+    most recent trials (it keeps learning from what just finished, batch after batch). The
+    shadow is rebuilt every `window / 2` tells from the elite, the trials told since and the
+    most recent ones, so the amortised cost per trial is constant and no full history is kept.
+
+    Ties do not capture the search: in the shadow, a trial whose objective values an earlier
+    shadow trial already reached is marked infeasible (constraint `REPEAT_CONSTRAINT`), so TPE
+    counts it among the bad trials. A point many trials repeat is then one good point, and a
+    region that only repeats it is not asked again and again.
     """
 
     def __init__(
@@ -49,38 +98,50 @@ class WindowedTPESampler(BaseSampler):
             seed=seed, n_startup_trials=n_startup_trials, multivariate=True, constant_liar=False
         )
         self._random = RandomSampler(seed=None if seed is None else seed + 1)
-        self._history: list[FrozenTrial] = []
+        self._elite: list[FrozenTrial] = []
+        self._recent: deque[FrozenTrial] = deque(maxlen=window)
+        self._fresh: list[FrozenTrial] = []  # told since the last rebuild: candidates for the elite
         self._shadow: Study | None = None
+        self._storage = InMemoryStorage()
+        self._seen: set[tuple[float, ...]] = set()  # objective vectors in the shadow
         self._shadow_size = 0
 
     def _shadow_study(self, study: Study) -> Study:
         if self._shadow is None:
-            self._history = [
+            history = [
                 t for t in study.get_trials(deepcopy=False, states=_FINISHED_FOR_TPE)
                 if set(self._space) <= set(t.params)
             ]
+            self._recent.extend(history)
+            self._fresh = history
             self._rebuild(study.directions)
         assert self._shadow is not None  # set by _rebuild
         return self._shadow
 
     def _rebuild(self, directions: Sequence[StudyDirection]) -> None:
-        shadow = optuna.create_study(directions=list(directions), sampler=self._tpe)
-        shadow.add_trials(self._window_of(self._history, directions))
-        self._tpe.invalidate()
-        self._shadow, self._shadow_size = shadow, len(shadow.trials)
+        self._elite = best_distinct([*self._elite, *self._fresh], directions, self._window // 4)
+        self._fresh = []
+        kept = {t.number for t in self._elite}
+        recent = [t for t in self._recent if t.number not in kept][-(self._window - len(kept)) :]
+        self._storage = InMemoryStorage()
+        shadow = optuna.create_study(storage=self._storage, directions=list(directions), sampler=self._tpe)
+        self._seen = set()
+        for trial in sorted([*self._elite, *recent], key=lambda t: t.number):
+            shadow.add_trial(self._marked(trial))
+        self._shadow = self._tpe.after_add_trial(shadow, self._storage)
+        self._shadow_size = len(kept) + len(recent)
 
-    def _window_of(self, history: list[FrozenTrial], directions: Sequence[StudyDirection]) -> list[FrozenTrial]:
-        if len(history) <= self._window:
-            return list(history)
-        n_best = self._window // 4
-        share = max(1, n_best // len(directions))
-        picked: dict[int, FrozenTrial] = {}
-        for i, direction in enumerate(directions):
-            sign = 1.0 if direction == StudyDirection.MINIMIZE else -1.0
-            for t in heapq.nsmallest(share, history, key=partial(_signed_value, index=i, sign=sign)):
-                picked[t.number] = t
-        recent = [t for t in history[-(self._window - len(picked)) :] if t.number not in picked]
-        return sorted([*picked.values(), *recent], key=lambda t: t.number)
+    def _marked(self, trial: FrozenTrial) -> FrozenTrial:
+        """`trial` for the shadow: infeasible when its objective values are already in the shadow."""
+        values = tuple(trial.values)
+        repeat = values in self._seen
+        self._seen.add(values)
+        return create_trial(
+            params=trial.params,
+            distributions=trial.distributions,
+            values=list(values),
+            constraints={REPEAT_CONSTRAINT: 1.0 if repeat else 0.0},
+        )
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return dict(self._space)
@@ -103,17 +164,20 @@ class WindowedTPESampler(BaseSampler):
     ) -> None:
         if state != TrialState.COMPLETE or values is None or self._shadow is None:
             return
+        if not set(self._space) <= set(trial.params):
+            return
         finished = create_trial(
             params=trial.params, distributions=trial.distributions, values=list(values), state=state
         )
         finished.number = trial.number
-        self._history.append(finished)
+        self._recent.append(finished)
+        self._fresh.append(finished)
         if self._shadow_size >= self._window + self._window // 2:
             self._rebuild(study.directions)
         else:
-            self._shadow.add_trial(finished)
+            self._shadow.add_trial(self._marked(finished))
+            self._shadow = self._tpe.after_add_trial(self._shadow, self._storage)
             self._shadow_size += 1
-            self._tpe.invalidate()
 
     def reseed_rng(self) -> None:
         self._tpe.reseed_rng()

@@ -45,6 +45,7 @@ __all__ = [
     "TAG_TRIAL",
     "TAG_TRIAL_KEY",
     "TAG_TRIAL_RUN",
+    "TAG_WRITE_PATH",
     "recorded_test_metrics",
 ]
 
@@ -65,6 +66,9 @@ TAG_PARENT, TAG_RUN_NAME = MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 # Trial runs.
 TAG_SAMPLER, TAG_NODE, TAG_ERROR = "sweeps.sampler", "sweeps.node", "sweeps.error"
+
+# Sweep runs: how the child runs were written (sweeps.tracking.writers: sql-bulk, server-bulk, rest, client).
+TAG_WRITE_PATH = "sweeps.write_path"
 
 # Runs about a served or scored model version (monitoring, batch scoring).
 TAG_MODEL_NAME, TAG_MODEL_VERSION = "sweeps.model_name", "sweeps.model_version"

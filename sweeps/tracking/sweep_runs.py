@@ -1,11 +1,13 @@
 """MLflow tracking of sweeps: one child run per trial under the sweep's parent run.
 
-Writes happen on a background thread, off the trials' critical path, in bulk: on a SQL store
-(the default `sqlite:///mlflow.db`) a few hundred child runs go in one transaction, which is
-what makes thousands of runs cheaper than the trials themselves; on an HTTP tracking server a
-small thread pool issues the REST calls. Every child run carries a trial key
-(`sweeps.trial_key`), so retries, restarts and resumes never log a trial twice, and the sweep's
-end waits until every finished trial is written.
+Writes happen on a background thread, off the trials' critical path, in bulk where the store
+allows it (`sweeps.tracking.writers`: a SQL store this process opens, or a tracking server started
+with `--app-name sweeps`), else through MLflow's REST API, several runs in flight. Every child run
+carries a trial key (`sweeps.trial_key`) and is written whole or not at all, so retries, restarts
+and resumes never log a trial twice and never count a torn run as logged. A server that goes away
+is retried while the trials go on; the sweep's end waits for every finished trial to be written,
+retrying for at most `tracking.flush_timeout_s`, and what is still missing then is written by
+`sweeps resume`. The parent run's `sweeps.write_path` tag says which path wrote the children.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,16 +29,17 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 
-from sweeps._compat.mlflow_sql import BulkRunWriter, FinishedRun, bulk_writer
+from sweeps._compat.mlflow_sql import FinishedRun, is_whole
 from sweeps.config import Config
 from sweeps.dataset import DataBundle
 from sweeps.errors import RunFailed
-from sweeps.pareto import pareto_numbers
+from sweeps.pareto import distinct_front
 from sweeps.records import TrialRecord
 from sweeps.sweep.engine import SweepOutcome
 from sweeps.sweep.sampler import sampler_label
 from sweeps.sweep.workers import TrialRecordCallback
-from sweeps.tracking.client import ensure_experiment, mlflow_dataset, sqlite_path, use_tracking
+from sweeps.tracking.client import ensure_experiment, mlflow_dataset, use_tracking
+from sweeps.tracking.http import Retry
 from sweeps.tracking.lookup import find_sweep_run, trial_runs
 from sweeps.tracking.names import (
     CARD_ARTIFACT,
@@ -54,7 +56,9 @@ from sweeps.tracking.names import (
     TAG_SWEEP,
     TAG_TRIAL,
     TAG_TRIAL_KEY,
+    TAG_WRITE_PATH,
 )
+from sweeps.tracking.writers import RunWriter, open_writer
 from training.card import write_card
 
 __all__ = ["ArtifactWriter", "SweepTracker"]
@@ -118,44 +122,11 @@ def _times(record: TrialRecord) -> tuple[int, int]:
     return int(start * 1000), int((start + (record.duration_s or 0.0)) * 1000)
 
 
-class _SqlWriter:
-    """Bulk inserts into an MLflow SQL store (fenced in `sweeps._compat.mlflow_sql`): one transaction per batch."""
-
-    def __init__(self, bulk: BulkRunWriter) -> None:
-        self._bulk = bulk
-
-    def write(self, rows: list[tuple[TrialRecord, dict[str, str]]]) -> None:
-        runs = []
-        for record, tags in rows:
-            start, end = _times(record)
-            status = "FINISHED" if record.state == "COMPLETE" else "FAILED"
-            params = {k: str(v) for k, v in record.params.items()}
-            runs.append(FinishedRun(record.key, status, start, end, tags, params, dict(record.metrics)))
-        self._bulk.write(runs)
-
-
-class _RestWriter:
-    """Child runs through the tracking client (an HTTP server): a few calls in flight at once."""
-
-    def __init__(self, client: MlflowClient, experiment_id: str) -> None:
-        self._client = client
-        self._experiment_id = experiment_id
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sweeps-mlflow")
-
-    def _write_one(self, record: TrialRecord, tags: dict[str, str]) -> None:
-        start, end = _times(record)
-        run = self._client.create_run(self._experiment_id, start_time=start, tags=tags, run_name=record.key)
-        self._client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(k, float(v), end, 0) for k, v in record.metrics.items()],
-            params=[Param(k, str(v)) for k, v in record.params.items()],
-        )
-        status = RunStatus.to_string(RunStatus.FINISHED if record.state == "COMPLETE" else RunStatus.FAILED)
-        self._client.set_terminated(run.info.run_id, status=status, end_time=end)
-
-    def write(self, rows: list[tuple[TrialRecord, dict[str, str]]]) -> None:
-        for future in [self._pool.submit(self._write_one, record, tags) for record, tags in rows]:
-            future.result()
+def _finished_run(record: TrialRecord, tags: dict[str, str]) -> FinishedRun:
+    start, end = _times(record)
+    status = "FINISHED" if record.state == "COMPLETE" else "FAILED"
+    params = {k: str(v) for k, v in record.params.items()}
+    return FinishedRun(record.key, status, start, end, tags, params, dict(record.metrics))
 
 
 # Writes files about a finished sweep into a folder (the report); logged under the parent run's `report/`.
@@ -176,11 +147,24 @@ class SweepTracker(TrialRecordCallback):
         self._started = False
         self._lock = threading.Lock()
         self._logged: set[int] = set()
+        # Trial runs a writer left torn (RUNNING, or FINISHED without metrics), by trial key: repaired.
+        self._torn: dict[str, str] = {}
+        # Trials whose run could not be written, with why; `sweeps resume` writes them.
+        self._failed: dict[int, BaseException] = {}
+        self._retry = Retry()
+        self.write_path = ""
         self._queue: queue.Queue[list[TrialRecord] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.parent_run_id = ""
         self.experiment_id = ""
+        # Set when trials run through Tune: only then is a finished parent run reopened as RUNNING. A
+        # re-run with nothing to do rewrites nothing: metrics already recorded with the same value, the
+        # report and the run's status and end time stay as they are.
+        self._live = False
+        self._wrote = False
+        self._recorded: dict[str, float] = {}
+        self._recorded_status: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks with its experiment; the live writer stays on the driver.
@@ -189,6 +173,7 @@ class SweepTracker(TrialRecordCallback):
 
     def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
               **info: Any) -> None:
+        self._live = True
         self.start()
 
     def _client(self) -> MlflowClient:
@@ -211,9 +196,12 @@ class SweepTracker(TrialRecordCallback):
             log.exception("cannot open MLflow tracking at %s", self.uri)
             self._error = exc
             return
-        self._drain(writer)
+        try:
+            self._drain(writer)
+        finally:
+            writer.close()
 
-    def _open(self) -> _SqlWriter | _RestWriter:
+    def _open(self) -> RunWriter:
         """Create (or, on resume, reopen) the parent run; returns the child-run writer."""
         with use_tracking(self.uri) as client:
             self.experiment_id = ensure_experiment(client, self.config.tracking.experiment)
@@ -222,13 +210,43 @@ class SweepTracker(TrialRecordCallback):
                 self.parent_run_id = self._create_parent(client)
             else:
                 self.parent_run_id = existing.info.run_id
-                client.update_run(self.parent_run_id, status="RUNNING")
-                logged = trial_runs(client, self.experiment_id, self.sweep_name)
-                self._logged = {int(r.data.tags[TAG_TRIAL]) for r in logged}
+                self._recorded = dict(existing.data.metrics)
+                self._recorded_status = existing.info.status
+                if existing.info.status == RunStatus.to_string(RunStatus.RUNNING):
+                    self._close_stale(client)
+                if self._live:
+                    client.update_run(self.parent_run_id, status="RUNNING")
+                self._find_logged(client)
             self._tag_cluster(client)
-            # The bulk path only on a SQL store of a tested MLflow; anything else goes through the client.
-            bulk = bulk_writer(client, self.experiment_id) if self._is_sql() else None
-            return _SqlWriter(bulk) if bulk is not None else _RestWriter(client, self.experiment_id)
+            writer = open_writer(self.uri, client, self.experiment_id, self.parent_run_id, self._torn, self._retry)
+            self.write_path = writer.path
+            client.set_tag(self.parent_run_id, TAG_WRITE_PATH, writer.path)
+            log.info("sweep %s: child runs go to %s by the %s path", self.sweep_name, self.uri, writer.path)
+            return writer
+
+    def _find_logged(self, client: MlflowClient) -> None:
+        """Trials already logged whole; a torn run (a writer died between its calls) is to be repaired."""
+        for run in trial_runs(client, self.experiment_id, self.sweep_name):
+            if is_whole(run.info.status, bool(run.data.metrics)):
+                self._logged.add(int(run.data.tags[TAG_TRIAL]))
+            else:
+                self._torn[run.data.tags[TAG_TRIAL_KEY]] = run.info.run_id
+
+    def check_nodes(self, node_ips: list[str]) -> None:
+        """Called by the engine once Ray is connected: refuse a local store on a multi-host cluster."""
+        from sweeps.tracking.preflight import check_tracking_uri
+
+        check_tracking_uri(self.uri, node_ips)
+
+    def _close_stale(self, client: MlflowClient) -> None:
+        """Close the parent run a dead driver left RUNNING (KILLED, as an interrupted sweep's run ends).
+
+        The engine runs tracking while it holds the sweep's driver lock, so no live driver owns it.
+        """
+        client.set_terminated(self.parent_run_id, status=RunStatus.to_string(RunStatus.KILLED))
+        self._recorded_status = RunStatus.to_string(RunStatus.KILLED)
+        log.warning("MLflow run %s of sweep %s was left RUNNING by a driver that stopped: closed as KILLED",
+                    self.parent_run_id, self.sweep_name)
 
     def _tag_cluster(self, client: MlflowClient) -> None:
         import ray
@@ -237,9 +255,6 @@ class SweepTracker(TrialRecordCallback):
             nodes = [n for n in ray.nodes() if n.get("Alive")]
             client.set_tag(self.parent_run_id, "sweeps.ray_nodes", str(len(nodes)))
             client.set_tag(self.parent_run_id, "sweeps.ray_cpus", str(ray.cluster_resources().get("CPU", 0)))
-
-    def _is_sql(self) -> bool:
-        return sqlite_path(self.uri) is not None or self.uri.startswith(("postgresql", "mysql", "mssql"))
 
     def _create_parent(self, client: MlflowClient) -> str:
         tags = {TAG_KIND: KIND_SWEEP, TAG_SWEEP: self.sweep_name, TAG_DIGEST: self.bundle.digest, **_environment()}
@@ -264,10 +279,11 @@ class SweepTracker(TrialRecordCallback):
         return run_id
 
     def on_records(self, records: list[TrialRecord]) -> None:
+        self._live = True
         self.start()
         self._queue.put(list(records))
 
-    def _drain(self, writer: _SqlWriter | _RestWriter) -> None:
+    def _drain(self, writer: RunWriter) -> None:
         done = False
         while not done:
             pending: list[TrialRecord] = []
@@ -289,7 +305,7 @@ class SweepTracker(TrialRecordCallback):
                 log.exception("writing %d trial runs to %s failed", len(pending), self.uri)
                 self._error = exc
 
-    def _write(self, writer: _SqlWriter | _RestWriter, records: Iterable[TrialRecord]) -> None:
+    def _write(self, writer: RunWriter, records: Iterable[TrialRecord]) -> None:
         sampler = sampler_label(self.config.sweep.sampler, len(self.config.sweep.objectives))
         fresh: dict[int, TrialRecord] = {}
         for record in records:
@@ -297,41 +313,66 @@ class SweepTracker(TrialRecordCallback):
                 fresh[record.number] = record
         for start in range(0, len(fresh), _BATCH):
             chunk = list(fresh.values())[start : start + _BATCH]
-            writer.write([(r, _child_tags(r, self.parent_run_id, sampler, self.bundle.digest)) for r in chunk])
-            self._logged.update(r.number for r in chunk)
+            failures = writer.write(
+                [_finished_run(r, _child_tags(r, self.parent_run_id, sampler, self.bundle.digest)) for r in chunk]
+            )
+            for record in chunk:
+                if record.key in failures:
+                    self._failed[record.number] = failures[record.key]
+                else:
+                    self._failed.pop(record.number, None)
+                    self._logged.add(record.number)
+                    self._wrote = True
+            if failures:
+                log.error("%d of %d trial runs were not written to %s: %s", len(failures), len(chunk), self.uri,
+                          next(iter(failures.values())))
 
     def on_outcome(self, outcome: SweepOutcome) -> None:
         """Write what never came through Tune, wait for every write, then summarise the parent run."""
         self.start()
+        # From now on a server that stays away is retried for a bounded time only.
+        self._retry.give_up_at = time.monotonic() + self.config.tracking.flush_timeout_s
         self._queue.put(list(outcome.records))
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join()
         if not self.parent_run_id:
             raise RunFailed(f"MLflow tracking at {self.uri} failed: {self._error}") from self._error
+        missing = [r.number for r in outcome.records if r.number not in self._logged]
+        if missing:
+            cause = self._failed.get(missing[0], self._error)
+            raise RunFailed(
+                f"{len(missing)} of {len(outcome.records)} trial runs of sweep {outcome.name} were not written to "
+                f"MLflow at {self.uri} (trial {missing[0]}: {cause}); the trials themselves are recorded in the "
+                f"sweep's state, and `sweeps resume {outcome.name}` writes the missing runs."
+            ) from cause
         client = self._client()
-        client.log_batch(self.parent_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0)
-                                                        for k, v in self._summary(outcome).items()])
-        if self.artifacts is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                self.artifacts(outcome, Path(tmp))
-                client.log_artifacts(self.parent_run_id, tmp, artifact_path="report")
+        # Only figures that changed are logged: a re-run of a finished sweep adds no point to any history.
+        changed = {k: v for k, v in self._summary(outcome).items() if self._recorded.get(k) != v}
+        if changed:
+            now = int(time.time() * 1000)
+            client.log_batch(self.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in changed.items()])
         status = {"completed": "FINISHED", "interrupted": "KILLED", "budget_exhausted": "FINISHED"}.get(
             outcome.status, "FAILED"
         )
-        client.set_terminated(self.parent_run_id, status=status)
-        if self._error is not None:
-            log.error("some trial runs were not written (%s); `sweeps resume %s` writes them", self._error,
-                      outcome.name)
+        if self._live or self._wrote or changed or self._recorded_status != status:
+            if self.artifacts is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    self.artifacts(outcome, Path(tmp))
+                    client.log_artifacts(self.parent_run_id, tmp, artifact_path="report")
+            client.set_terminated(self.parent_run_id, status=status)
 
     def _summary(self, outcome: SweepOutcome) -> dict[str, float]:
         complete = [r for r in outcome.records if r.state == "COMPLETE"]
         reserved = outcome.wall_s * self.config.sweep.concurrency
+        front = distinct_front(outcome.records, outcome.objectives)
         summary = {
             "trials": float(len(outcome.records)),
             "complete": float(len(complete)),
             "failed": float(outcome.failed),
-            "pareto_front_size": float(len(pareto_numbers(outcome.records, outcome.objectives))),
+            # Trials on the front, and the distinct points they make (ties do not dominate each other).
+            "pareto_front_size": float(sum(point.count for point in front)),
+            "pareto_front_points": float(len(front)),
             "wall_s": outcome.wall_s,
             "trials_per_s": outcome.trials_per_s,
             "cpu_seconds_trials": float(sum(r.duration_s or 0.0 for r in outcome.records)),

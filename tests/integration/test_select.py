@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +138,20 @@ def test_run_ends_with_a_promoted_champion_and_how_to_serve_it(swept: Swept) -> 
     pins = requirements.read_text(encoding="utf-8").split()
     assert any(p.startswith("scikit-learn==") for p in pins)
     assert all("==" in p for p in pins), pins
+
+
+def test_printed_follow_up_commands_run_as_printed_without_the_venv_on_path(swept: Swept) -> None:
+    lines = [line for line in swept.output.splitlines() if line.startswith(("Serve it:", "Browse runs:"))]
+    assert len(lines) == 2, swept.output
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {"PATH": "/usr/bin:/bin"}
+    for line in lines:
+        command = line.split(":", 1)[1].strip()
+        assert shlex.split(command)[0].endswith(("bin/sweeps", "bin/mlflow")), command
+        # As printed (in this folder, by a shell without the venv on PATH); --help stops before any work.
+        done = subprocess.run(["sh", "-c", f"{command} --help"], cwd=Path.cwd(), env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+        assert "Usage:" in done.stdout
 
 
 def test_champion_loads_by_alias_and_predicts_what_the_refitted_pipeline_predicts(swept: Swept) -> None:

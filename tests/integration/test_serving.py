@@ -91,7 +91,8 @@ def served(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         result = train_once(load_config(overrides=overrides))
         assert result.model_uri is not None
         with use_tracking(uri):  # the registry resolves a models:/m-... source through the global URI
-            tags = {"sweeps.dataset_digest": result.dataset_digest}
+            # the lineage `sweeps select` writes: the endpoint loads nothing without it
+            tags = {"sweeps.dataset_digest": result.dataset_digest, "sweeps.sweep": "serve-test", "sweeps.trial": "0"}
             version = client.create_model_version(MODEL, source=result.model_uri, run_id=result.run_id, tags=tags)
             model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version.version}")
         expected[str(version.version)] = np.asarray(model.predict(rows), dtype=np.float64)

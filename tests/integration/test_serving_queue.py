@@ -34,7 +34,8 @@ def tiny_queue(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     result = train_once(load_config(overrides=[f"data.path={data_dir}", f"tracking.uri={uri}", "data.wine=red"]))
     assert result.model_uri is not None
     with use_tracking(uri):
-        version = client.create_model_version(MODEL, source=result.model_uri, run_id=result.run_id)
+        tags = {"sweeps.dataset_digest": result.dataset_digest, "sweeps.sweep": "queue-test", "sweeps.trial": "0"}
+        version = client.create_model_version(MODEL, source=result.model_uri, run_id=result.run_id, tags=tags)
     client.set_registered_model_alias(MODEL, "champion", version.version)
     settings = AppArgs(
         model_uri=f"models:/{MODEL}@champion",

@@ -12,7 +12,8 @@ import pytest
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from sweeps.sweep.cluster import check_shared_storage, check_tracking_uri, cluster_nodes
+from sweeps.sweep.cluster import check_shared_storage, cluster_nodes
+from sweeps.tracking.preflight import check_tracking_uri
 from tests.integration.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration

@@ -21,6 +21,7 @@ from sweeps.errors import (
     PROJECT_ERRORS,
     BadRequest,
     DataError,
+    HeadersTooLarge,
     Interrupted,
     InvalidInput,
     NotFound,
@@ -28,6 +29,7 @@ from sweeps.errors import (
     ParamError,
     PayloadTooLarge,
     ProtocolError,
+    RequestTimeout,
     RunFailed,
     ServiceUnavailable,
     SweepsError,
@@ -132,6 +134,8 @@ def test_roots_exit_1_and_interrupted_exits_130() -> None:
         (BadRequest, 400),
         (InvalidInput, 400),
         (PayloadTooLarge, 413),
+        (HeadersTooLarge, 431),
+        (RequestTimeout, 408),
         (UnsupportedMediaType, 415),
         (NotFound, 404),
         (ServiceUnavailable, 503),
@@ -147,7 +151,8 @@ def test_http_errors_carry_their_status_and_exit_by_who_is_at_fault(cls: type[Pr
 
 def test_every_http_error_is_in_the_status_table() -> None:
     assert {c for c in TREE if issubclass(c, ProtocolError)} == {
-        ProtocolError, BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, NotFound, ServiceUnavailable
+        ProtocolError, BadRequest, InvalidInput, PayloadTooLarge, UnsupportedMediaType, NotFound, ServiceUnavailable,
+        HeadersTooLarge, RequestTimeout,
     }
 
 

@@ -229,3 +229,36 @@ def test_running_trial_without_a_trial_id_is_a_clear_error() -> None:
     frozen = types.SimpleNamespace(number=12)
     with pytest.raises(RunFailed, match=r"no FrozenTrial\._trial_id .* trial 12, left RUNNING .* cannot be resumed"):
         running_trial(study, frozen)  # type: ignore[arg-type]
+
+
+def test_add_trial_leaves_the_trials_optuna_caches_for_tpe_as_they_were() -> None:
+    # The upstream behaviour `after_add_trial` exists for: if this fails, Optuna now drops its trial
+    # cache in add_trial (or keeps it elsewhere); re-check the fence and the windowed sampler.
+    study = _study(_plain(0), 1, _history(5, 1))
+    assert len(study._get_trials(deepcopy=False, use_cache=True)) == 5
+    assert isinstance(study._thread_local.cached_all_trials, list)
+    study.add_trials(_history(7, 1, seed=1))
+    assert len(study._get_trials(deepcopy=False, use_cache=True)) == 5, "add_trial left the cache as it was"
+    study._thread_local.cached_all_trials = None
+    assert len(study._get_trials(deepcopy=False, use_cache=True)) == 12
+
+
+@pytest.mark.parametrize("tested", [True, False], ids=["cache dropped", "public fallback"])
+def test_after_add_trial_lets_tpe_ask_from_the_added_trials(tested: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not tested:
+        monkeypatch.setattr(sweeps._compat, "installed_version", lambda package: "5.3.0")
+    storage = InMemoryStorage()
+    sampler = batch_tpe_sampler(seed=11, multivariate=True, constant_liar=False)
+    assert sampler.caches_estimators is tested
+    study = optuna.create_study(storage=storage, sampler=sampler)
+    study.add_trials(_history(12, 1))
+    _asks(study, 1)  # fits, and caches the 12 trials
+    added = _history(40, 1, seed=2)
+    study.add_trials(added)
+    study = sampler.after_add_trial(study, storage)
+
+    # The same 52 trials in a study that never cached anything, asked by plain TPE with the same rng state.
+    reference = _study(_plain(11), 1, [*_history(12, 1), *added])
+    _asks(reference, 1)
+    assert len(study._get_trials(deepcopy=False, use_cache=True)) == 52
+    assert [t.params for t in _asks(study, 3)] == [t.params for t in _asks(reference, 3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import mmap
 from pathlib import Path
@@ -13,7 +14,17 @@ import ray
 import ray.serve._private.constants as serve_constants
 
 import sweeps._compat
-from sweeps._compat.ray_serve import CORE_KNOBS, SERVE_KNOBS, serve_env
+from sweeps._compat.ray_serve import (
+    CORE_KNOBS,
+    DEFAULT_REPLICA_MESSAGE_BYTES,
+    PROXY_CALLBACK_KNOB,
+    REPLICA_MESSAGE_KNOB,
+    SERVE_KNOBS,
+    proxy_callback_env,
+    replica_message_limit,
+    serve_env,
+    use_uvicorn_options,
+)
 
 # What Serve makes of our settings, and its defaults: every knob must change something.
 OURS = {
@@ -93,3 +104,63 @@ def test_untested_ray_serves_with_defaults_after_one_warning(
         "ray 2.61.0 is not a version sweeps was tested with (ray 2.60.*); "
         "using Ray Serve's default settings (slower serving) instead."
     ]
+
+
+# --- the HTTP front's facts: the proxy callback, uvicorn.Config, the gRPC message limit ----------
+
+
+def test_serve_reads_the_proxy_callback_and_message_limit_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PROXY_CALLBACK_KNOB, raising=False)
+    monkeypatch.delenv(REPLICA_MESSAGE_KNOB, raising=False)
+    defaults = _fresh_serve_constants()
+    assert getattr(defaults, PROXY_CALLBACK_KNOB) is None
+    assert getattr(defaults, REPLICA_MESSAGE_KNOB) == DEFAULT_REPLICA_MESSAGE_BYTES
+    monkeypatch.setenv(PROXY_CALLBACK_KNOB, "some.module:setup")
+    monkeypatch.setenv(REPLICA_MESSAGE_KNOB, "123")
+    ours = _fresh_serve_constants()
+    assert (getattr(ours, PROXY_CALLBACK_KNOB), getattr(ours, REPLICA_MESSAGE_KNOB)) == ("some.module:setup", 123)
+
+
+def test_the_proxy_calls_its_callback_before_it_builds_its_uvicorn_config() -> None:
+    from ray.serve._private import http_util, proxy
+
+    source = Path(proxy.__file__).read_text(encoding="utf-8")
+    actor = source[source.index("class ProxyActor(") :]
+    assert actor.index("configure_http_middlewares(http_options)") < actor.index("start_asgi_http_server(")
+    assert PROXY_CALLBACK_KNOB in inspect.getsource(http_util.configure_http_middlewares)
+    # Looked up on the module at call time: what `use_uvicorn_options` replaces.
+    assert "uvicorn.Config(" in inspect.getsource(http_util.start_asgi_http_server)
+
+
+def test_use_uvicorn_options_reaches_every_config_built_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    original = uvicorn.Config
+    monkeypatch.setattr(uvicorn, "Config", original)  # undone after the test
+    assert use_uvicorn_options({"h11_max_incomplete_event_size": 1234})
+    assert use_uvicorn_options({"h11_max_incomplete_event_size": 4321})  # a second call replaces, not stacks
+    config = uvicorn.Config(lambda: None, factory=True, host="127.0.0.1", port=1, timeout_keep_alive=7)
+    assert (config.h11_max_incomplete_event_size, config.timeout_keep_alive) == (4321, 7)
+    assert uvicorn.Config.__mro__[1] is original  # one layer over uvicorn's own class
+
+
+def test_the_replica_message_limit_is_the_one_serve_gives_grpc() -> None:
+    from ray.serve._private import replica
+    from ray.serve._private.request_router import replica_wrapper
+
+    assert replica_message_limit() == getattr(serve_constants, REPLICA_MESSAGE_KNOB) == DEFAULT_REPLICA_MESSAGE_BYTES
+    for module in (replica, replica_wrapper):  # the replica's server and the proxy's channel to it
+        text = " ".join(Path(module.__file__ or "").read_text(encoding="utf-8").split())
+        assert f'"grpc.max_receive_message_length", {REPLICA_MESSAGE_KNOB},' in text
+
+
+def test_untested_ray_leaves_the_http_front_as_serve_makes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(sweeps._compat, "installed_version", lambda package: "2.61.0")
+    monkeypatch.setattr(uvicorn, "Config", uvicorn.Config)
+    monkeypatch.delenv(REPLICA_MESSAGE_KNOB, raising=False)
+    assert proxy_callback_env("sweeps.serving.front:proxy_setup") == {}
+    assert use_uvicorn_options({"h11_max_incomplete_event_size": 1}) is False
+    assert not hasattr(uvicorn.Config, "_sweeps_base")
+    assert replica_message_limit() == DEFAULT_REPLICA_MESSAGE_BYTES

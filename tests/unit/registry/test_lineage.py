@@ -192,3 +192,20 @@ def test_unknown_alias_or_version_is_a_usage_error_naming_it(chain: Chain) -> No
         resolve_lineage(chain.client, "models:/wine@nope")
     with pytest.raises(ModelNotFound, match=r"has no version 9 of model 'wine'"):
         resolve_lineage(chain.client, "models:/wine/9")
+
+
+def test_config_row_agrees_with_the_version_for_a_sweep_named_by_digest(chain: Chain) -> None:
+    client, tmp = chain.client, chain.tmp
+    config = load_config(overrides=["registry.policy={kind: lexicographic}"])  # one objective, no sweep.name
+    assert config.sweep.name is None
+    selection = _run(client, chain.experiment_id, {TAG_KIND: "selection", TAG_SWEEP: "sweep-58e356b6"})
+    _artifact(client, selection, tmp / "digest-named", "config.yaml", yaml.safe_dump(config.model_dump(mode="json")))
+    client.create_registered_model("digest-named")
+    tags = {TAG_SWEEP: "sweep-58e356b6", TAG_TRIAL: "3", TAG_POLICY: "single objective: rmse (min)"}
+    client.create_model_version("digest-named", f"runs:/{selection}/model", selection, tags=tags)
+
+    lineage = resolve_lineage(client, "models:/digest-named/1")
+    summary = lineage.link("config").facts["summary"]
+    version = lineage.link("model version").facts
+    assert (summary["sweep"], summary["policy"]) == (version["sweep"], version["policy"])
+    assert summary["policy_config"] == {"kind": "lexicographic", "order": None}

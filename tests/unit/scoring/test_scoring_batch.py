@@ -180,7 +180,8 @@ def test_error_policy_stops_at_the_first_bad_row_naming_file_line_and_column(tmp
     plan = plan_of(tmp_path / "w.csv", "\n".join(lines) + "\n")
     (block,) = scored(plan)
     where = str(tmp_path / "w.csv")
-    with pytest.raises(DataError, match=rf"^{where}, line 3: column 'alcohol': missing value \(empty field\)\. Stopped"):
+    message = rf"^{where}, line 3: column 'alcohol': missing value \(empty field\)\. Stopped"
+    with pytest.raises(DataError, match=message):
         enforce_policy(block.errors, "error", "line")
     enforce_policy(block.errors, "skip", "line")  # skip: the errors file holds them
     with pytest.raises(DataError, match=r"--bad-rows must be one of \['error', 'skip'\], got 'ignore'"):

@@ -42,7 +42,9 @@ def run_tasks(plan: InputPlan, target: OutputTarget, policy: BadRows) -> list[Fr
     for fragment in plan.fragments:
         for block in read_fragment(plan.layout, fragment):
             summary = writer(block).to_pylist()
-            counts += [FragmentCount(r["fragment"], r["rows_in"], r["rows_out"], r["rows_bad"], r["blank"]) for r in summary]
+            counts += [
+                FragmentCount(r["fragment"], r["rows_in"], r["rows_out"], r["rows_bad"], r["blank"]) for r in summary
+            ]
     return counts
 
 
@@ -125,3 +127,17 @@ def test_overwrite_replaces_the_old_output_only_when_publishing(tmp_path: Path) 
     assert (old / "stale.parquet").exists()
     publish(target)
     assert [p.name for p in old.iterdir()] == ["part-000000-000000000002.parquet"]
+
+
+def test_an_output_that_appears_while_the_job_runs_is_not_clobbered(tmp_path: Path) -> None:
+    source = write_input(tmp_path / "in", 10)
+    plan = plan_input(inspect_input(source, FEATURES))
+    target = plan_output(tmp_path / "out.parquet", None, "skip", False, source)
+    run_tasks(plan, target, "skip")
+    seal(target, BlockSpec.from_plan(plan), METADATA)
+    (tmp_path / "out.parquet").write_bytes(b"a racing job's file")
+    with pytest.raises(UsageError, match=r"out\.parquet appeared while the job ran"):
+        publish(target)
+    assert (tmp_path / "out.parquet").read_bytes() == b"a racing job's file"
+    assert not (tmp_path / "out.errors.parquet").exists()
+    discard(target)

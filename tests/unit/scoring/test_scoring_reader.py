@@ -133,9 +133,8 @@ def test_a_folder_skips_hidden_files_and_its_digest_is_a_sha256sum_listing(tmp_p
     write(folder / "_SUCCESS.csv", "garbage")
     plan = plan_input(inspect_input(folder, FEATURES))
     assert [f.path for f in plan.layout.files] == [first, second]
-    listing = "".join(
-        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {name}\n" for p, name in ((first, "a.csv"), (second, "sub/b.csv"))
-    )
+    named = ((first, "a.csv"), (second, "sub/b.csv"))
+    listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {name}\n" for p, name in named)
     assert plan.digest == "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
     single = plan_input(inspect_input(first, FEATURES))
     assert single.digest == "sha256:" + hashlib.sha256(first.read_bytes()).hexdigest()

@@ -1,7 +1,8 @@
-"""Pre-flight checks for sweeps on a Ray cluster: shared sweep storage and a reachable MLflow store."""
+"""Pre-flight checks for sweeps on a Ray cluster: sweep storage every node shares (tracking: tests/unit/tracking)."""
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from pathlib import Path
@@ -11,7 +12,6 @@ import pytest
 from sweeps.errors import UsageError
 from sweeps.sweep.cluster import (
     check_shared_storage,
-    check_tracking_uri,
     cluster_nodes,
     filesystem_type,
     hosts,
@@ -62,7 +62,7 @@ def test_local_path_on_multi_host_cluster_is_refused(mounts: Path, tmp_path: Pat
         UsageError,
         match=r"sweep.storage must be shared by every node of a multi-host Ray cluster "
         r"\(2 hosts: 10.0.0.1, 10.0.0.2\), but got '.*sweeps-state', a local path on a 'ext4' filesystem\. "
-        r"Pass a URI every node can reach, such as s3://bucket/sweeps .* sweep.storage=/mnt/sweeps/state",
+        r"Pass a path on a network filesystem every node mounts, e\.g\. sweep.storage=/mnt/sweeps/state",
     ):
         check_shared_storage(storage, TWO_HOSTS, mounts_file=mounts)
 
@@ -95,8 +95,10 @@ def test_unreadable_mounts_refuses_and_says_so(tmp_path: Path) -> None:
     "storage",
     ["s3://bucket/sweeps", "gs://bucket/sweeps", "abfs://container@account.dfs.core.windows.net/sweeps", "hdfs://nn/x"],
 )
-def test_remote_uris_are_shared(storage: str, tmp_path: Path) -> None:
-    check_shared_storage(storage, TWO_HOSTS, mounts_file=tmp_path / "no-such-mounts")
+def test_object_store_uris_are_refused(storage: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=rf"but got the URI '{re.escape(storage)}': the sweep's Optuna journal needs "
+                                         r"file locks and appends\. Pass a path on a network filesystem"):
+        check_shared_storage(storage, TWO_HOSTS, mounts_file=tmp_path / "no-such-mounts")
 
 
 def test_network_mounts_are_shared(mounts: Path, tmp_path: Path) -> None:
@@ -110,30 +112,6 @@ def test_local_path_passes_on_one_host_or_when_vouched_for(mounts: Path, tmp_pat
     check_shared_storage(storage, ONE_HOST, mounts_file=mounts)
     check_shared_storage(storage, [], mounts_file=mounts)
     check_shared_storage(storage, TWO_HOSTS, assume_shared=True, mounts_file=mounts)
-
-
-@pytest.mark.parametrize(
-    "uri", ["sqlite:///mlflow.db", "sqlite:////mnt/sweeps/mlflow.db", "file:///tmp/mlruns", "mlruns"]
-)
-def test_local_tracking_store_on_multi_host_cluster_is_refused(uri: str) -> None:
-    with pytest.raises(
-        UsageError,
-        match=rf"tracking.uri must be an MLflow tracking server on a multi-host Ray cluster "
-        rf"\(2 hosts: 10.0.0.1, 10.0.0.2\), but got '{uri}', a local store only one host can write\. "
-        r"Run a server every node can reach, e.g. on the head node: `mlflow server --host 0.0.0.0 --port 5000 "
-        r".*--artifacts-destination .*` \(cluster.yaml starts one\), and pass its http URI via "
-        r"tracking.uri=http://<head-ip>:5000 or MLFLOW_TRACKING_URI\.",
-    ):
-        check_tracking_uri(uri, TWO_HOSTS)
-
-
-@pytest.mark.parametrize("uri", ["http://10.0.0.1:5000", "https://mlflow.example.com", "postgresql://u@db/mlflow"])
-def test_server_tracking_uris_pass_on_multi_host_cluster(uri: str) -> None:
-    check_tracking_uri(uri, TWO_HOSTS)
-
-
-def test_sqlite_passes_on_one_host() -> None:
-    check_tracking_uri("sqlite:///mlflow.db", ONE_HOST)
 
 
 def _fake_ray(monkeypatch: pytest.MonkeyPatch, *, initialized: bool) -> None:

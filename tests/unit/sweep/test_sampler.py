@@ -140,12 +140,6 @@ def test_the_window_bounds_the_history_tpe_fits_on_and_keeps_the_best(
     assert window - window // 4 <= min(sizes[window:]) <= window
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: the shadow study's trial cache (Study._get_trials(use_cache=True)) is only reset by "
-    "ask/tell on the shadow itself, which never happen, so TPE sees the history as it was at the last rebuild "
-    "(none at all for the first 1.5 x window trials of a new sweep) and asks at random until then.",
-)
 def test_windowed_tpe_finds_the_good_region_as_well_as_plain_tpe() -> None:
     seeds, n = range(5), 100
     plain = statistics.median(_run(TPESampler(seed=s, multivariate=True), n).best_value for s in seeds)

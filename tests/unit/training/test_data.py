@@ -274,7 +274,7 @@ def test_invalid_utf8_in_a_row_names_the_row(tmp_path: Path, red_rows: list[list
 
 def test_ragged_row_cannot_be_parsed(tmp_path: Path, red_rows: list[list[str]]) -> None:
     path = write_wine(tmp_path / "ragged.csv", [*red_rows[:3], [*red_rows[3], "1.0"], *red_rows[4:]])
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: cannot parse as CSV with separator ';' \(.*line 5"):
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: row 5 has 13 fields, but the header has 12;"):
         load_dataset(path, "red")
 
 

@@ -92,7 +92,7 @@ VIOLATIONS = [
     ({"alpha": "0.5"}, r"'alpha' parameter .* Got '0\.5' instead\."),
     ({"l1_ratio": 1.5}, rf"The 'l1_ratio' {FLOAT_RULE} \[0\.0, 1\.0\]\. Got 1\.5 instead\."),
     ({"l1_ratio": -0.1}, r"'l1_ratio' parameter .* Got -0\.1 instead\."),
-    ({"max_iter": 0}, r"The 'max_iter' parameter of ElasticNet must be an int in the range \[1, inf\)\. Got 0"),
+    ({"max_iter": 0}, r"The 'max_iter' parameter of ElasticNet must be an int in the range \[1, 1000000\]\. Got 0"),
     ({"max_iter": 10.5}, r"'max_iter' parameter .* Got 10\.5 instead\."),
     ({"max_iter": True}, r"'max_iter' parameter .* Got True instead\."),
     ({"tol": math.nan}, rf"The 'tol' {FLOAT_RULE} \[0\.0, inf\)\. Got nan instead\."),

@@ -1,0 +1,86 @@
+"""Ctrl+C at any moment: a SIGINT becomes `KeyboardInterrupt` where it is safe, and is never lost.
+
+Python raises `KeyboardInterrupt` wherever the main thread happens to be. Two places make that
+unsafe: inside Ray's start and stop (C++ threads and child processes half set up, which has ended
+in a segmentation fault), and inside a weakref callback or `__del__` (an import's module lock
+has one), where the exception is printed as "ignored" and the command carries on as if Ctrl+C
+had not been pressed. So the CLI runs each command under `raising()`, whose handler also remembers
+the signal; Ray's
+start and stop run under `deferred()`, which holds a SIGINT until they are done; and the engine
+calls `checkpoint()` between stages, which raises an interrupt that was swallowed.
+
+Library use (tests, notebooks) keeps Python's own handler: only `raising()` and `deferred()`
+change it, for their duration.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+__all__ = ["checkpoint", "deferred", "on_sigint", "raising"]
+
+_pending = threading.Event()
+
+
+def on_sigint(signum: int, frame: FrameType | None) -> None:
+    """The CLI's SIGINT handler: remember the interrupt, then raise it here."""
+    _pending.set()
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def raising() -> Iterator[None]:
+    """Within: SIGINT raises `KeyboardInterrupt` and is remembered for `checkpoint` (the CLI runs command bodies so).
+
+    The handler before is put back on leaving; outside the main thread nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _pending.clear()
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        _pending.clear()
+
+
+def checkpoint() -> None:
+    """Raise `KeyboardInterrupt` if a Ctrl+C arrived whose exception was swallowed on the way."""
+    if _pending.is_set():
+        _pending.clear()
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within: a first SIGINT is held and raised as `KeyboardInterrupt` on leaving; a second one is raised at once.
+
+    For sections that must not be torn half way (starting or stopping Ray). Outside the main
+    thread, where no handler can be set, the section runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        if held:  # pressed again: the user insists
+            raise KeyboardInterrupt
+        held.append(signum)
+        _pending.set()
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if held:
+        _pending.clear()
+        raise KeyboardInterrupt

@@ -1,0 +1,137 @@
+"""The tracking server extension: `mlflow server --app-name sweeps` writes a sweep's child runs in bulk.
+
+Registered in the `mlflow.app` entry-point group (pyproject.toml), as MLflow's own basic-auth app
+is. It adds two routes to the server's app and changes nothing else the server does:
+
+    GET  /api/2.0/sweeps/info               {"protocol": 1, "bulk": true|false, "reason": ..., "mlflow": ...}
+    POST /api/2.0/sweeps/runs/log-finished  a `BulkRequest`: up to 1,000 finished child runs of one parent
+
+A batch is written in one transaction through the server's own store (the fenced bulk writer,
+checked against the tested MLflow and schema revision), idempotent by its `unique_tag`: a retry
+of a batch whose answer was lost writes nothing twice, and a torn run from a per-run writer is
+replaced. Every refusal is JSON `{"error_code", "message"}` with a 4xx status; a database that is
+down answers 503, which clients retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy.exc
+from flask import Flask, Response, jsonify, request
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from pydantic import ValidationError
+
+from sweeps._compat import installed_version
+from sweeps._compat.mlflow_sql import (
+    FinishedRun,
+    server_app,
+    server_bulk_writer,
+    server_store,
+    server_store_reason,
+)
+from sweeps.tracking.http import BULK_PATH, INFO_PATH, PROTOCOL, BulkRequest, decode_metric
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+def _error(status: int, error_code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error_code": error_code, "message": message}), status
+
+
+def _info() -> Any:
+    reason = server_store_reason()
+    return jsonify({"protocol": PROTOCOL, "bulk": reason is None, "reason": reason,
+                    "mlflow": installed_version("mlflow")})
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    return f"{where}: {first.get('msg')} ({exc.error_count()} problem(s) in the request)"
+
+
+def _runs(batch: BulkRequest) -> list[FinishedRun]:
+    runs = []
+    for index, payload in enumerate(batch.runs):
+        tags = dict(payload.tags)
+        if tags.setdefault(MLFLOW_PARENT_RUN_ID, batch.parent_run_id) != batch.parent_run_id:
+            raise ValueError(f"runs.{index}.tags: {MLFLOW_PARENT_RUN_ID} must be the batch's parent_run_id "
+                             f"{batch.parent_run_id!r}, but got {tags[MLFLOW_PARENT_RUN_ID]!r}")
+        if batch.unique_tag not in tags:
+            raise ValueError(f"runs.{index}.tags: every run must carry the unique tag {batch.unique_tag!r}")
+        metrics = {k: decode_metric(v) for k, v in payload.metrics.items()}
+        try:
+            runs.append(FinishedRun(payload.name, payload.status, payload.start_time, payload.end_time, tags,
+                                    payload.params, metrics))
+        except ValueError as exc:
+            raise ValueError(f"runs.{index}: {exc}") from exc
+    return runs
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error_code, self.message = status, error_code, message
+
+
+def _parse() -> tuple[BulkRequest, list[FinishedRun]]:
+    request.max_content_length = MAX_BODY_BYTES
+    if not request.is_json:
+        raise _Refused(415, "BAD_REQUEST", f"{BULK_PATH} reads application/json, but got {request.mimetype!r}")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise _Refused(400, "MALFORMED_REQUEST", f"{BULK_PATH} must be a JSON object (a BulkRequest)")
+    try:
+        batch = BulkRequest.model_validate(body)
+        return batch, _runs(batch)
+    except ValidationError as exc:
+        raise _Refused(400, "INVALID_PARAMETER_VALUE", _validation_message(exc)) from exc
+    except ValueError as exc:
+        raise _Refused(400, "INVALID_PARAMETER_VALUE", str(exc)) from exc
+
+
+def _write(batch: BulkRequest, runs: list[FinishedRun]) -> list[str]:
+    try:
+        parent = server_store().get_run(batch.parent_run_id)
+        if parent.info.lifecycle_stage != "active":
+            raise _Refused(400, "INVALID_STATE", f"parent run {batch.parent_run_id} is deleted")
+        writer, reason = server_bulk_writer(parent.info.experiment_id)
+        if writer is None:
+            raise _Refused(501, "NOT_IMPLEMENTED", f"this server cannot write runs in bulk: {reason}")
+        return writer.write(runs, unique_tag=batch.unique_tag)
+    except MlflowException as exc:
+        status = 503 if exc.error_code == "TEMPORARILY_UNAVAILABLE" else exc.get_http_status_code()
+        if status >= 500:
+            log.warning("bulk write of %d runs failed: %s", len(runs), exc.message)
+        raise _Refused(status, str(exc.error_code), str(exc.message)) from exc
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        # The database went away mid-call: nothing was committed, and the client retries.
+        log.warning("bulk write of %d runs failed, database unavailable: %s", len(runs), exc)
+        raise _Refused(503, "TEMPORARILY_UNAVAILABLE", f"the tracking database is unavailable: {exc}") from exc
+
+
+def _log_finished() -> Any:
+    try:
+        batch, runs = _parse()
+        run_ids = _write(batch, runs)
+    except _Refused as refused:
+        return _error(refused.status, refused.error_code, refused.message)
+    return jsonify({"run_ids": run_ids})
+
+
+def create_app(app: Flask | None = None) -> Any:
+    """The MLflow server's app with the sweeps routes; `mlflow server --app-name sweeps` calls it."""
+    if app is None:
+        from mlflow.server import app as mlflow_app
+
+        app = mlflow_app
+    app.add_url_rule(INFO_PATH, "sweeps_info", _info, methods=["GET"])
+    app.add_url_rule(BULK_PATH, "sweeps_log_finished", _log_finished, methods=["POST"])
+    return server_app(app)
