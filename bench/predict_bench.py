@@ -143,10 +143,14 @@ def measure(name: str, command: list[str], env: dict[str, str], time_v: bool = F
     print(f"\n$ {' '.join(command)}", flush=True)
     load1 = os.getloadavg()[0]
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    with TreeSampler(process.pid) as sampler:
-        code = process.wait()
-    wall = time.perf_counter() - started
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        with TreeSampler(process.pid) as sampler:
+            code = process.wait()
+        wall = time.perf_counter() - started
+        if code != 0:  # what went wrong, for the record
+            stderr.seek(0)
+            print(stderr.read().decode(errors="replace")[-3000:], file=sys.stderr)
     max_rss = None
     if report is not None:
         for line in report.read_text(encoding="utf-8").splitlines():

@@ -70,7 +70,9 @@ Metric = Literal["rmse", "mae", "r2", "nonzero_coefs", "fit_seconds"]
 MODEL_PARAMS = tuple(PARAM_CONSTRAINTS)
 
 
-MAX_CONFIG_BYTES = 1024 * 1024  # the shipped configs are about 2 KB
+# The shipped configs are about 2 KB; PyYAML parses some 30 KB a second on a busy core, so 64 KB
+# bounds the time a hostile file can take as well as its memory.
+MAX_CONFIG_BYTES = 64 * 1024
 # numpy's and scikit-learn's seeds are 32-bit; the split and the sampler also use seed + 1.
 MAX_SEED = 2**32 - 2
 
@@ -607,7 +609,11 @@ _REPR.maxlevel = 3
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """`text` cut to `limit` characters in the middle, keeping its start and its end (where a reason often is)."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) // 2
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
 
 
 def _shown(value: Any) -> str:
@@ -641,6 +647,9 @@ def _read_config_text(source: Path) -> str:
                 f"{source}: config is {encoding} text (it starts with a {encoding} byte-order mark); save it as UTF-8."
             )
     payload = payload.removeprefix(codecs.BOM_UTF8)
+    if b"\x00" in payload:
+        line = payload.count(b"\n", 0, payload.index(b"\x00")) + 1
+        raise ConfigError(f"{source}: config has a NUL byte at line {line} (UTF-16 text?); save it as UTF-8.")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -650,9 +659,6 @@ def _read_config_text(source: Path) -> str:
             f"{source}: config is not UTF-8 text: byte 0x{payload[exc.start]:02x} at line {line}, column "
             f"{exc.start - line_start + 1} ({exc.reason}); save it as UTF-8."
         ) from None
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise ConfigError(f"{source}: config has a NUL character at line {line} (UTF-16 text?); save it as UTF-8.")
     return text
 
 

@@ -20,6 +20,7 @@ own (it never imports `sweeps`); they are re-exported here.
       RunFailed                   1   a run started and could not finish
         MonitorError              1   the endpoint could not be read, or disagrees with the registry
         PlotUnavailable           1   a figure cannot be drawn from these trials
+        TrackingCallFailed        1   a call to the MLflow tracking server was refused, or failed past its retries
       ProtocolError               2   an HTTP request the endpoint refuses (`status` 400)
         BadRequest                2   400, not a well-formed scoring request
         InvalidInput              2   400, rows that do not fit the model's signature
@@ -77,6 +78,7 @@ __all__ = [
     "ServiceUnavailable",
     "SweepLocked",
     "SweepsError",
+    "TrackingCallFailed",
     "TrackingUnavailable",
     "TrainingError",
     "UnsupportedMediaType",
@@ -181,6 +183,16 @@ class PlotUnavailable(RunFailed):
     """A figure cannot be drawn from these trials; the message says why (the report shows it)."""
 
     exit_code: ClassVar[int] = 1
+
+
+class TrackingCallFailed(RunFailed):
+    """A call to the MLflow tracking server was refused (4xx), or failed past its retries; `status` when answered."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # --- HTTP: a request the endpoint refuses; `status` and `error_code` go to the client ----------

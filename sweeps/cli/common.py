@@ -98,16 +98,21 @@ def _root(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if not debug:
-        for name in _RAY_CHATTER:
-            logging.getLogger(name).setLevel(logging.ERROR)
+    for name, level in _RAY_CHATTER.items():
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else level)
 
 
 # Ray loggers whose notices say nothing the user can act on here (--debug shows them): the token-auth
-# notice of every local start, and Tune's own Ctrl+C lines, which point at `Tuner.restore` where the
-# command's message names the `sweeps` command that continues. Set before Ray is imported; Ray's
-# logging set-up configures only its root `ray` logger, so these levels stay.
-_RAY_CHATTER = ("ray._private.authentication.authentication_token_setup", "ray.tune.tune")
+# notice of every local start; Tune's own Ctrl+C lines, which point at `Tuner.restore` where the
+# command's message names the `sweeps` command that continues; "Started a local Ray instance" and
+# Serve's progress lines in this process (their warnings still show). Set before Ray is imported;
+# Ray's logging set-up configures only its root `ray` logger, so these levels stay.
+_RAY_CHATTER = {
+    "ray._private.authentication.authentication_token_setup": logging.ERROR,
+    "ray.tune.tune": logging.ERROR,
+    "ray._private.worker": logging.WARNING,
+    "ray.serve": logging.WARNING,
+}
 
 
 def guard(action: Callable[[], T], interrupted: Callable[[], str] | None = None) -> T:

@@ -217,42 +217,59 @@ def check_block(block: pa.Table, spec: BlockSpec) -> CheckedBlock:
     """
     n = block.num_rows
     fragments = block.column(FRAGMENT_COLUMN).to_numpy()
-    reason = np.full(n, None, dtype=object)
-    culprit = np.full(n, None, dtype=object)
+    found: dict[int, tuple[str, str | None]] = {}  # row -> (reason, column): only the bad rows
     flagged = np.zeros(n, dtype=bool)
     blank = np.zeros(n, dtype=bool)
     if PROBLEM_COLUMN in block.column_names and block.column(PROBLEM_COLUMN).null_count < n:
         problems = block.column(PROBLEM_COLUMN).to_pylist()
         blank = np.array([p == BLANK_LINE for p in problems], dtype=bool)
-        flagged = np.array([p is not None for p in problems], dtype=bool) & ~blank
-        reason[flagged] = np.array(problems, dtype=object)[flagged]
+        for i, problem in enumerate(problems):
+            if problem is not None and problem != BLANK_LINE:
+                found[i] = (problem, None)
+                flagged[i] = True
     arrays: list[pa.Array] = []
     features: dict[str, np.ndarray] = {}
     for field in spec.schema:
         column = block.column(field.name)
         if field.name in spec.features:
             values, bad, reasons_at = _feature(column)
-            at = np.flatnonzero(bad & ~flagged & ~blank)
-            if len(at):
-                reason[at] = reasons_at(at)
-                culprit[at] = field.name
-                flagged[at] = True
+            at = np.flatnonzero(bad & ~flagged & ~blank) if bad.any() else np.empty(0, dtype=np.int64)
+            for i, text in zip(at.tolist(), reasons_at(at) if len(at) else [], strict=True):
+                found[i] = (str(text), field.name)
+            flagged[at] = True
             features[field.name] = values
             arrays.append(pa.array(values, pa.float64()))
         else:
             converted, problems_at = _carried(column, field.type)
             for i, text in problems_at.items():
                 if not flagged[i] and not blank[i]:
-                    reason[i], culprit[i], flagged[i] = text, field.name, True
+                    found[i] = (text, field.name)
+                    flagged[i] = True
             arrays.append(converted)
-    good = ~flagged & ~blank
     table = pa.Table.from_arrays(arrays, schema=spec.schema)
-    everything = bool(good.all())
-    rows = table if everything else table.filter(pa.array(good))
-    matrix = np.column_stack([features[c] if everything else features[c][good] for c in spec.features])
+    if not found and not blank.any():
+        none = fragments[:0]
+        matrix = _matrix(features, spec.features, None)
+        return CheckedBlock(table, matrix, ERRORS_SCHEMA.empty_table(), np.arange(n), fragments, none, none)
+    good = ~flagged & ~blank
     at = np.flatnonzero(flagged)
-    errors = _errors(block, spec, at, reason[at], culprit[at])
-    return CheckedBlock(rows, matrix, errors, np.flatnonzero(good), fragments[good], fragments[at], fragments[blank])
+    reasons = np.array([found[i][0] for i in at.tolist()], dtype=object)
+    columns = np.array([found[i][1] for i in at.tolist()], dtype=object)
+    errors = _errors(block, spec, at, reasons, columns)
+    return CheckedBlock(
+        table.filter(pa.array(good)), _matrix(features, spec.features, good), errors, np.flatnonzero(good),
+        fragments[good], fragments[at], fragments[blank],
+    )
+
+
+def _matrix(features: dict[str, np.ndarray], order: Sequence[str], keep: np.ndarray | None) -> np.ndarray:
+    """The model's input: Fortran order (each column one contiguous copy), whichever rows are kept,
+    so that a row's prediction does not depend on which other rows share its block."""
+    rows = len(next(iter(features.values()))) if keep is None else int(keep.sum())
+    matrix = np.empty((rows, len(order)), dtype=np.float64, order="F")
+    for j, name in enumerate(order):
+        matrix[:, j] = features[name] if keep is None else features[name][keep]
+    return matrix
 
 
 def _errors(block: pa.Table, spec: BlockSpec, at: np.ndarray, reasons: np.ndarray, columns: np.ndarray) -> pa.Table:
@@ -303,12 +320,16 @@ def score_block(block: pa.Table, spec: BlockSpec, predict: Predict) -> ScoredBlo
 
 
 def _counts(good: np.ndarray, bad: np.ndarray, blank: np.ndarray) -> tuple[FragmentCount, ...]:
-    fragments = np.unique(np.concatenate([good, bad, blank]).astype(np.int64))
-    counts = []
-    for fragment in fragments.tolist():
-        out, errors = int((good == fragment).sum()), int((bad == fragment).sum())
-        counts.append(FragmentCount(fragment, out + errors, out, errors, int((blank == fragment).sum())))
-    return tuple(counts)
+    everything = np.concatenate([good, bad, blank]).astype(np.int64)
+    if not len(everything):
+        return ()
+    low = int(everything.min())
+    size = int(everything.max()) - low + 1
+    out, errors, blanks = (np.bincount(a.astype(np.int64) - low, minlength=size) for a in (good, bad, blank))
+    return tuple(
+        FragmentCount(low + i, int(out[i] + errors[i]), int(out[i]), int(errors[i]), int(blanks[i]))
+        for i in np.flatnonzero(out + errors + blanks).tolist()
+    )
 
 
 # --- policy and accounting --------------------------------------------------------------------

@@ -114,16 +114,21 @@ def _connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS")
-    if target:
-        ray.init(address=target, log_to_driver=False, configure_logging=False)
-    else:
-        ray.init(
-            address="local",
-            num_cpus=os.cpu_count() or 1,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+    try:
+        if target:
+            ray.init(address=target, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(
+                address="local",
+                num_cpus=os.cpu_count() or 1,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        where = f"the Ray cluster at {target}" if target else "a local Ray"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RunFailed(f"could not start or reach {where}: {first}") from exc
     return True
 
 
@@ -292,6 +297,12 @@ def _score(
         finally:
             scoring_s = time.perf_counter() - scoring_started
         totals = account(plan, counts)
+        changed = plan.changed_files()
+        if changed:
+            raise RunFailed(
+                f"{changed[0]} changed while it was being scored (size or modification time); the output would "
+                "not match the recorded digest, so nothing was published. Score a file nothing else writes."
+            )
         sealed = seal(target, writer.spec, writer.metadata)
         if (sealed.rows_out, sealed.rows_bad) != (totals.rows_out, totals.rows_bad):
             raise RunFailed(
@@ -303,7 +314,10 @@ def _score(
         discard(target)
         partial = _metrics(RowCounts(*_sums(counts)), time.perf_counter() - started, 0.0, plan)
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        end_batch_run(client, run, status, partial, document, error=str(exc) or type(exc).__name__)
+        try:
+            end_batch_run(client, run, status, partial, document, error=str(exc) or type(exc).__name__)
+        except Exception:  # the job's own failure is the one to report
+            log.warning("could not mark batch-scoring run %s %s", run.run_id, status, exc_info=True)
         raise
     wall_s = time.perf_counter() - started
     metrics = _metrics(totals, wall_s, scoring_s, plan) | {
@@ -342,8 +356,8 @@ def _summaries(plan: InputPlan, writer: BlockWriter) -> Iterator[pa.Table]:
         cause = _project_error(exc)
         if cause is not None:
             raise cause from None
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise RunFailed(f"the Ray Data pipeline failed: {first}") from exc
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise RunFailed(f"the Ray Data pipeline failed: {last} (run with --debug for Ray Data's log)") from exc
 
 
 def _sums(counts: list[FragmentCount]) -> tuple[int, int, int, int]:

@@ -117,6 +117,7 @@ class InputPlan:
     fragments: tuple[Fragment, ...]
     digest: str
     file_digests: tuple[str, ...]
+    stamps: tuple[tuple[int, int], ...] = ()  # (size, mtime_ns) of each file when it was hashed
 
     @property
     def rows(self) -> int:
@@ -126,6 +127,18 @@ class InputPlan:
     @property
     def bytes(self) -> int:
         return sum(f.size for f in self.layout.files)
+
+    def changed_files(self) -> list[Path]:
+        """Files whose size or modification time differ from when they were hashed (or that are gone)."""
+        return [f.path for f, stamp in zip(self.layout.files, self.stamps, strict=True) if _stamp(f.path) != stamp]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:
+        return (-1, -1)
+    return (stat.st_size, stat.st_mtime_ns)
 
 
 # --- inspect: headers and footers only --------------------------------------------------------
@@ -287,8 +300,10 @@ def plan_input(layout: InputLayout, fragment_bytes: int = 16 << 20) -> InputPlan
         raise DataError(f"the fragment size must be at least 1 byte, got {fragment_bytes}.")
     fragments: list[Fragment] = []
     digests = []
+    stamps = []
     for index, file in enumerate(layout.files):
         planner = _plan_csv if layout.format == "csv" else _plan_parquet
+        stamps.append(_stamp(file.path))
         digests.append(planner(index, file, fragment_bytes, fragments))
     if len(layout.files) == 1 and layout.root.is_file():
         digest = digests[0]
@@ -297,7 +312,7 @@ def plan_input(layout: InputLayout, fragment_bytes: int = 16 << 20) -> InputPlan
             f"{d}  {f.path.relative_to(layout.root).as_posix()}\n" for d, f in zip(digests, layout.files, strict=True)
         )
         digest = hashlib.sha256(listing.encode()).hexdigest()
-    return InputPlan(layout, tuple(fragments), f"sha256:{digest}", tuple(digests))
+    return InputPlan(layout, tuple(fragments), f"sha256:{digest}", tuple(digests), tuple(stamps))
 
 
 def _plan_csv(index: int, file: InputFile, target: int, fragments: list[Fragment]) -> str:
@@ -380,7 +395,8 @@ def _read_csv(layout: InputLayout, fragment: Fragment) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         table = None
     if table is not None and not malformed and table.num_rows == fragment.rows and _finite(table, layout.features):
-        return _positions(table.select(layout.schema.names), fragment)
+        # One chunk per column (the parser makes one per MiB): numpy then sees the values without a copy.
+        return _positions(table.select(layout.schema.names).combine_chunks(), fragment)
     return _read_csv_text(data, layout, fragment)
 
 

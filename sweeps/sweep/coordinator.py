@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps._compat.optuna_tpe import running_trial
@@ -42,6 +43,21 @@ def _name_metrics(study: optuna.Study, metrics: Sequence[str]) -> None:
         # set_metric_names has been "experimental" since Optuna 3.2 and still works the same.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(metrics))
+
+
+def _all_params(trial: optuna.Trial, frozen: FrozenTrial, dists: dict[str, BaseDistribution]) -> dict[str, Any]:
+    """A RUNNING trial's params; any a torn journal write lost (never evaluated) are suggested again."""
+    params = dict(frozen.params)
+    for name, dist in dists.items():
+        if name in params:
+            continue
+        if isinstance(dist, FloatDistribution):
+            params[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        elif isinstance(dist, IntDistribution):
+            params[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        elif isinstance(dist, CategoricalDistribution):
+            params[name] = trial.suggest_categorical(name, dist.choices)
+    return params
 
 
 class Coordinator:
@@ -102,8 +118,9 @@ class Coordinator:
         batch: list[dict[str, Any]] = []
         while self.pending and len(batch) < size:
             frozen = self.pending.popleft()
-            lease[frozen.number] = running_trial(self.study, frozen)
-            batch.append({"number": frozen.number, "params": dict(frozen.params)})
+            trial = running_trial(self.study, frozen)
+            lease[frozen.number] = trial
+            batch.append({"number": frozen.number, "params": _all_params(trial, frozen, self.dists)})
         while self.to_ask and len(batch) < size:
             trial = self.study.ask(fixed_distributions=self.dists)
             self.to_ask -= 1

@@ -29,17 +29,20 @@ def _oriented(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection
     return np.array([t.values for t in trials], dtype=float).reshape(len(trials), len(directions)) * signs
 
 
-def _crowding(values: np.ndarray) -> np.ndarray:
-    """NSGA-II's crowding distance of each row within one front: large where the front is sparse."""
-    distance = np.zeros(len(values))
-    for j in range(values.shape[1]):
-        order = np.argsort(values[:, j], kind="stable")
-        column = values[order, j]
-        span = column[-1] - column[0]
-        distance[order[[0, -1]]] = np.inf
-        if len(values) > 2 and span > 0:
-            distance[order[1:-1]] += (column[2:] - column[:-2]) / span
-    return distance
+def _spread(values: np.ndarray, room: int) -> np.ndarray:
+    """`room` rows of one front, spread along it: its ends first, then always the row farthest from those picked.
+
+    Distances are measured with each objective scaled to [0, 1] over the front.
+    """
+    span = values.max(axis=0) - values.min(axis=0)
+    scaled = (values - values.min(axis=0)) / np.where(span > 0, span, 1.0)
+    picked = list(dict.fromkeys(int(np.argmin(scaled[:, j])) for j in range(scaled.shape[1])))[:room]
+    nearest = np.min(np.linalg.norm(scaled[:, None, :] - scaled[None, picked, :], axis=2), axis=1)
+    while len(picked) < room:
+        farthest = int(np.argmax(nearest))
+        picked.append(farthest)
+        nearest = np.minimum(nearest, np.linalg.norm(scaled - scaled[farthest], axis=1))
+    return np.array(picked, dtype=int)
 
 
 def best_distinct(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection], n: int) -> list[FrozenTrial]:
@@ -47,8 +50,8 @@ def best_distinct(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirec
 
     Each objective vector counts once (its earliest trial stands for it), so a point that
     thousands of trials repeat (the all-zero model, 0 coefficients) takes one place, not all of
-    them. Ranked by non-dominated sorting, then by crowding distance within the last front used,
-    so the elite spreads along the front instead of piling on one end of it.
+    them. Ranked by non-dominated sorting; from the last front used, points spread along it
+    (its ends first, then always the farthest from those kept), not piled on one end of it.
     """
     if n <= 0 or not trials:
         return []
@@ -62,7 +65,7 @@ def best_distinct(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirec
     picked: list[FrozenTrial] = []
     for front in front_ranks(values, n):
         room = n - len(picked)
-        chosen = front if len(front) <= room else front[np.argsort(-_crowding(values[front]), kind="stable")[:room]]
+        chosen = front if len(front) <= room else front[_spread(values[front], room)]
         picked.extend(distinct[i] for i in chosen)
     return picked
 

@@ -21,14 +21,13 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sweeps.errors import TrackingUnavailable
+from sweeps.errors import TrackingCallFailed, TrackingUnavailable
 
 __all__ = [
     "BULK_PATH",
     "INFO_PATH",
     "PROTOCOL",
     "BulkRequest",
-    "CallFailed",
     "Retry",
     "RunPayload",
     "TrackingHttp",
@@ -127,14 +126,6 @@ class BulkRequest(_Wire):
     runs: list[RunPayload] = Field(max_length=MAX_RUNS_PER_REQUEST)
 
 
-class CallFailed(Exception):
-    """A call the server answered with a definite refusal (4xx), or that ran out of retries."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass
 class Retry:
     """Capped exponential backoff with jitter; `give_up_at` (a `time.monotonic()` value) ends the tries.
@@ -204,7 +195,7 @@ class TrackingHttp:
 
     def call(self, method: str, path: str, body: Any = None, *, params: Mapping[str, str] | None = None,
              retry: bool = True) -> Any:
-        """The JSON answer of a 2xx; CallFailed on a 4xx, or on a transient failure once retries run out."""
+        """The JSON answer of a 2xx; TrackingCallFailed on a 4xx, or on a transient failure once retries run out."""
         attempt = 0
         while True:
             try:
@@ -217,9 +208,9 @@ class TrackingHttp:
                     return response.json() if response.content else {}
                 why, status = f"HTTP {response.status_code} {response.text[:300]}", response.status_code
                 if status not in _TRANSIENT:
-                    raise CallFailed(f"{method} {self.uri}{path} failed: {why}", status)
+                    raise TrackingCallFailed(f"{method} {self.uri}{path} failed: {why}", status)
             if not retry or not self.retry.sleep(attempt, why):
-                raise CallFailed(f"{method} {self.uri}{path} failed after {attempt + 1} tries: {why}", status)
+                raise TrackingCallFailed(f"{method} {self.uri}{path} failed after {attempt + 1} tries: {why}", status)
             attempt += 1
 
     def check(self, timeout_s: float) -> None:

@@ -19,7 +19,7 @@ import logging
 from typing import Any
 
 import sqlalchemy.exc
-from flask import Flask, Response, jsonify, request
+from flask import Flask, jsonify, request
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pydantic import ValidationError
@@ -32,6 +32,13 @@ from sweeps._compat.mlflow_sql import (
     server_store,
     server_store_reason,
 )
+from sweeps.errors import (
+    BadRequest,
+    InvalidInput,
+    ProtocolError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from sweeps.tracking.http import BULK_PATH, INFO_PATH, PROTOCOL, BulkRequest, decode_metric
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -39,10 +46,6 @@ __all__ = ["MAX_BODY_BYTES", "create_app"]
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-
-
-def _error(status: int, error_code: str, message: str) -> tuple[Response, int]:
-    return jsonify({"error_code": error_code, "message": message}), status
 
 
 def _info() -> Any:
@@ -75,54 +78,54 @@ def _runs(batch: BulkRequest) -> list[FinishedRun]:
     return runs
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, error_code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.error_code, self.message = status, error_code, message
+def _refused(status: int, error_code: str, message: str) -> ProtocolError:
+    error = ProtocolError(message, error_code=error_code)
+    error.status = status
+    return error
 
 
 def _parse() -> tuple[BulkRequest, list[FinishedRun]]:
     request.max_content_length = MAX_BODY_BYTES
     if not request.is_json:
-        raise _Refused(415, "BAD_REQUEST", f"{BULK_PATH} reads application/json, but got {request.mimetype!r}")
+        raise UnsupportedMediaType(f"{BULK_PATH} reads application/json, but got {request.mimetype!r}")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise _Refused(400, "MALFORMED_REQUEST", f"{BULK_PATH} must be a JSON object (a BulkRequest)")
+        raise BadRequest(f"{BULK_PATH} must be a JSON object (a BulkRequest)", error_code="MALFORMED_REQUEST")
     try:
         batch = BulkRequest.model_validate(body)
         return batch, _runs(batch)
     except ValidationError as exc:
-        raise _Refused(400, "INVALID_PARAMETER_VALUE", _validation_message(exc)) from exc
+        raise InvalidInput(_validation_message(exc)) from exc
     except ValueError as exc:
-        raise _Refused(400, "INVALID_PARAMETER_VALUE", str(exc)) from exc
+        raise InvalidInput(str(exc)) from exc
 
 
 def _write(batch: BulkRequest, runs: list[FinishedRun]) -> list[str]:
     try:
         parent = server_store().get_run(batch.parent_run_id)
         if parent.info.lifecycle_stage != "active":
-            raise _Refused(400, "INVALID_STATE", f"parent run {batch.parent_run_id} is deleted")
+            raise BadRequest(f"parent run {batch.parent_run_id} is deleted", error_code="INVALID_STATE")
         writer, reason = server_bulk_writer(parent.info.experiment_id)
         if writer is None:
-            raise _Refused(501, "NOT_IMPLEMENTED", f"this server cannot write runs in bulk: {reason}")
+            raise BadRequest(f"this server cannot write runs in bulk: {reason}", error_code="NOT_IMPLEMENTED")
         return writer.write(runs, unique_tag=batch.unique_tag)
     except MlflowException as exc:
         status = 503 if exc.error_code == "TEMPORARILY_UNAVAILABLE" else exc.get_http_status_code()
         if status >= 500:
             log.warning("bulk write of %d runs failed: %s", len(runs), exc.message)
-        raise _Refused(status, str(exc.error_code), str(exc.message)) from exc
+        raise _refused(status, str(exc.error_code), str(exc.message)) from exc
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
         # The database went away mid-call: nothing was committed, and the client retries.
         log.warning("bulk write of %d runs failed, database unavailable: %s", len(runs), exc)
-        raise _Refused(503, "TEMPORARILY_UNAVAILABLE", f"the tracking database is unavailable: {exc}") from exc
+        raise ServiceUnavailable(f"the tracking database is unavailable: {exc}") from exc
 
 
 def _log_finished() -> Any:
     try:
         batch, runs = _parse()
         run_ids = _write(batch, runs)
-    except _Refused as refused:
-        return _error(refused.status, refused.error_code, refused.message)
+    except ProtocolError as refused:
+        return jsonify(refused.to_json()), refused.status
     return jsonify({"run_ids": run_ids})
 
 

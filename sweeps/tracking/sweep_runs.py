@@ -206,6 +206,7 @@ class SweepTracker(TrialRecordCallback):
         with use_tracking(self.uri) as client:
             self.experiment_id = ensure_experiment(client, self.config.tracking.experiment)
             existing = find_sweep_run(client, self.experiment_id, self.sweep_name, self.bundle.digest)
+            recorded_path = existing.data.tags.get(TAG_WRITE_PATH) if existing is not None else None
             if existing is None:
                 self.parent_run_id = self._create_parent(client)
             else:
@@ -220,7 +221,8 @@ class SweepTracker(TrialRecordCallback):
             self._tag_cluster(client)
             writer = open_writer(self.uri, client, self.experiment_id, self.parent_run_id, self._torn, self._retry)
             self.write_path = writer.path
-            client.set_tag(self.parent_run_id, TAG_WRITE_PATH, writer.path)
+            if recorded_path != writer.path:
+                client.set_tag(self.parent_run_id, TAG_WRITE_PATH, writer.path)
             log.info("sweep %s: child runs go to %s by the %s path", self.sweep_name, self.uri, writer.path)
             return writer
 

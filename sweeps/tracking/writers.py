@@ -29,11 +29,11 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 from sweeps._compat.mlflow_sql import BulkRunWriter, FinishedRun, bulk_writer, is_whole
+from sweeps.errors import TrackingCallFailed
 from sweeps.tracking.http import (
     BULK_PATH,
     INFO_PATH,
     PROTOCOL,
-    CallFailed,
     Retry,
     TrackingHttp,
     encode_metric,
@@ -71,7 +71,7 @@ TornRun = str  # the run id of a torn run, to be repaired in place
 
 
 def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, CallFailed):
+    if isinstance(exc, TrackingCallFailed):
         return exc.status is None or exc.status in (429, 500, 502, 503, 504)
     if isinstance(exc, MlflowException):
         return exc.error_code == "TEMPORARILY_UNAVAILABLE"
@@ -141,7 +141,7 @@ class _ServerBulk:
                     "runs": [run_payload(r) for r in chunk]}
             try:
                 self._http.call("POST", BULK_PATH, body)
-            except CallFailed as exc:
+            except TrackingCallFailed as exc:
                 return {run.name: exc for run in runs[start:]}
         return {}
 

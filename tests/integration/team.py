@@ -8,6 +8,7 @@ nobody. Every process started here is stopped by its pid (or its own process gro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -85,7 +86,7 @@ class Postgres:
 
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
                              autocommit=True) as connection:
-            connection.execute(statement)  # type: ignore[arg-type]
+            connection.execute(statement)
 
     def create_mlflow_template(self, name: str = "mlflow_template") -> str:
         """A database with MLflow's schema, made once (MLflow's migrations take seconds), copied per test."""
@@ -115,14 +116,20 @@ class MlflowServer:
         self.log = root / f"mlflow-server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 120) -> None:
+    def start(self, timeout_s: float = 300) -> None:
         command = [MLFLOW, "server", "--host", "127.0.0.1", "--port", str(self.port),
                    "--backend-store-uri", self.backend_uri, "--artifacts-destination", str(self.artifacts),
                    "--workers", str(self.workers)]
         if self.app_name:
             command += ["--app-name", self.app_name]
+        # uvicorn restarts a worker that misses a 5 s health check: on a loaded 2-core machine a worker
+        # still importing MLflow misses it, and the server never comes up.
+        command += ["--uvicorn-opts", "--timeout-worker-healthcheck 120"]
+        # No job executor: its huey consumers (seven processes) cost start-up time and are not used here.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -151,9 +158,10 @@ class MlflowServer:
         if self.process is None:
             return
         self._signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
-            self.process.wait(timeout=20)
+        # Whatever of the group outlived its leader (uvicorn workers still starting) goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=20)
         self.process = None

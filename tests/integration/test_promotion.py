@@ -1,4 +1,5 @@
-"""Selection to registry on a real SQLite store, no Ray: constraints hold for the refitted model, noise never promotes."""
+"""Selection to registry on a real SQLite store, no Ray: constraints hold for the registered model, noise never
+promotes."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ def test_constraint_holds_for_the_registered_model_not_only_the_trial(
     versions = list_versions(client, config.registry.model_name)
     assert [(v.trial, v.test_metrics["nonzero_coefs"]) for v in versions] == [("1", 3.0)]
     assert CHAMPION in versions[0].aliases
+    assert report.selection_run_id is not None
     evidence = json.loads(Path(client.download_artifacts(report.selection_run_id, SELECTION_ARTIFACT)).read_text())
     assert evidence["chosen"]["number"] == 1
     assert "trial 0 (nonzero_coefs = 11 > 4)" in evidence["reason"], "the selection run says why trial 0 was skipped"

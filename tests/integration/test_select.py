@@ -224,7 +224,8 @@ def test_another_policy_registers_a_new_version_and_force_promotes_the_loser(swe
     second = json.loads(result.stdout)
     assert (second["created"], second["version"]) == (True, 2)
     first_rmse = float(client.get_model_version(MODEL, "1").tags["sweeps.test_rmse"])
-    assert second["promoted"] == (second["test_metrics"]["rmse"] < first_rmse)  # strictly better, on test data
+    margin = swept.config.registry.min_improvement * first_rmse  # better by more than the margin, on test data
+    assert second["promoted"] == (first_rmse - second["test_metrics"]["rmse"] > margin)
     winner, loser = (2, 1) if second["promoted"] else (1, 2)
     loser_policy = swept.overrides() if loser == 1 else lexicographic
 

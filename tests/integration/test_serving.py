@@ -225,6 +225,15 @@ HTTP_ONLY = {
 }  # fmt: skip
 
 
+def _raw(body: Any) -> bytes:
+    return body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
+
+
+# A declared Content-Length over the limit is refused by the HTTP front, in Serve's proxy: no
+# replica sees it, so its answer names no model version and no version counts it.
+BY_FRONT = sum(len(_raw(case[0])) > LIMITS.max_body_bytes for case in [*BAD.values(), *HTTP_ONLY.values()])
+
+
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "code", "message"),
     [*BAD.values(), *HTTP_ONLY.values()],
@@ -233,13 +242,14 @@ HTTP_ONLY = {
 def test_bad_input_gets_its_status_and_message_over_http(
     served: Served, body: Any, content_type: str | None, status: int, code: str, message: str
 ) -> None:
-    raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    raw = _raw(body)
     headers = {"Content-Type": content_type} if content_type else {}
     with served.http() as http:
         response = http.post("/invocations", content=raw, headers=headers)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
-    assert response.headers["x-model-version"] == "1"
+    by_front = len(raw) > LIMITS.max_body_bytes
+    assert response.headers.get("x-model-version") == (None if by_front else "1")
     answer = response.json()
     assert answer["error_code"] == code
     assert re.search(message, answer["message"]), answer["message"]
@@ -366,7 +376,8 @@ def test_monitor_once_writes_a_run_linked_to_each_served_version(served: Served)
         assert artifacts == ["monitoring.json"]
     # Version 1 answered every bad input of the table: its errors are counted, none as a 500.
     errors = served.client.get_run(written["1"]["run_id"]).data.metrics["errors"]
-    assert errors == len(BAD) + len(HTTP_ONLY) + 1  # + the streamed body over the limit
+    assert BY_FRONT == 1
+    assert errors == len(BAD) + len(HTTP_ONLY) - BY_FRONT + 1  # + the streamed body over the limit
 
 
 def test_sweeps_serve_refuses_a_model_the_registry_lacks_before_starting_ray(tmp_path: Path) -> None:

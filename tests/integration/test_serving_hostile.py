@@ -144,9 +144,12 @@ def _length(data: bytes) -> int:
 
 def plant(served: Served, kind: str, marker: Path) -> str:
     """Register a planted version of MODEL (with lineage tags unless `kind` is about lineage)."""
-    folder = served.workdir / f"planted-{kind}"
     location = served.client.get_model_version_download_uri(MODEL, "1")
-    mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(folder), tracking_uri=served.uri)
+    download = served.workdir / f"download-{kind}"
+    local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(download), tracking_uri=served.uri)
+    folder = served.workdir / f"planted-{kind}"
+    shutil.copytree(local, folder)
+    shutil.rmtree(download)
     mlmodel = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))
     flavors = mlmodel["flavors"]
     if kind in ("cloudpickle", "pickle"):

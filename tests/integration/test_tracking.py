@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import subprocess
@@ -14,7 +15,10 @@ from typing import Any
 import optuna
 import pytest
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
+from sweeps import pipeline
+from sweeps.cli import app
 from sweeps.config import CONFIG_DIR, Config, load_config
 from sweeps.dataset import load_data
 from sweeps.report.document import write_report
@@ -124,11 +128,6 @@ def _wall_history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
 def test_rerun_of_a_finished_sweep_records_nothing_new_and_a_resume_adds_up(
     data_dir: Path, tmp_path: Path, tracking_uri: str
 ) -> None:
-    from typer.testing import CliRunner
-
-    from sweeps import pipeline
-    from sweeps.cli import app
-
     config = _config(data_dir, tmp_path, tracking_uri, "sweep.name=again", "sweep.num_trials=20")
     first = pipeline.sweep(config)
     state = SweepState(tmp_path / "state", "again")
@@ -143,8 +142,6 @@ def test_rerun_of_a_finished_sweep_records_nothing_new_and_a_resume_adds_up(
     assert first.trials_per_s > 0
 
     def cli(*args: str) -> Any:
-        import json
-
         result = CliRunner().invoke(app, [*args, "--storage", str(tmp_path / "state"), "--json"])
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)

@@ -95,9 +95,14 @@ def test_setup_installs_the_project_with_its_constraints(config: dict[str, Any])
     assert config["file_mounts"] == {"~/sweeps": "."}
 
 
-def test_head_runs_mlflow_server_on_shared_disk(config: dict[str, Any]) -> None:
+def test_head_runs_mlflow_server_with_the_extension_on_postgres(config: dict[str, Any]) -> None:
     server = next(c for c in config["head_start_ray_commands"] if "mlflow server" in c)
-    assert '--host "$HEAD_IP" --port 5000' in server
-    assert "--backend-store-uri sqlite:////mnt/sweeps/" in server
+    assert '--app-name sweeps --host "$HEAD_IP" --port 5000' in server
+    assert "--backend-store-uri postgresql+psycopg://mlflow@127.0.0.1:5432/mlflow" in server
     assert "--artifacts-destination /mnt/sweeps/" in server
+    postgres = next(c for c in config["head_start_ray_commands"] if "initdb" in c)
+    assert "-D /mnt/sweeps/postgres" in postgres
+    assert "listen_addresses=127.0.0.1" in postgres
+    assert any("install -y -qq postgresql" in c for c in config["head_setup_commands"])
+    assert "s3://" not in " ".join(str(v) for v in config.get("setup_commands", []))
     assert "--volume /mnt/sweeps:/mnt/sweeps" in config["docker"]["run_options"]

@@ -204,7 +204,7 @@ RULES = [
     ),
     (
         "model: {max_iter: 0}\n",
-        r"model\.max_iter: The 'max_iter' parameter of ElasticNet must be an int in the range \[1, inf\)\. "
+        r"model\.max_iter: The 'max_iter' parameter of ElasticNet must be an int in the range \[1, 1000000\]\. "
         r"Got 0 instead\.",
     ),
     (
@@ -244,6 +244,18 @@ RULES = [
         r"registry\.policy\.weighted\.weights: weights must be non-negative with a positive sum",
     ),
     ("registry:\n  policy: {kind: best}\n", r"registry\.policy: Input tag 'best' found using 'kind' does not match"),
+    (
+        "sweep: {storage: 's3://bucket/sweeps'}\n",
+        r"sweep\.storage: a folder path is required \(on a multi-host cluster, one on a filesystem every "
+        r"node mounts, e\.g\. /mnt/sweeps/state\), but got the URI 's3://bucket/sweeps': the sweep's Optuna journal "
+        r"needs file locks and appends, which an object store does not offer\.",
+    ),
+    ("sweep: {storage: 'file:///tmp/state'}\n", r"sweep\.storage: a folder path is required .* 'file:///"),
+    ("sweep: {storage: '  '}\n", r"sweep\.storage: a folder path is required, but got an empty string"),
+    (
+        "tracking: {flush_timeout_s: 0}\n",
+        r"tracking\.flush_timeout_s: Input should be greater than 0 \(got 0\)",
+    ),
 ]
 
 
@@ -381,3 +393,9 @@ def test_config_is_frozen() -> None:
     config = load_config()
     with pytest.raises(ValueError, match="frozen"):
         config.model.alpha = 1.0  # type: ignore[misc]
+
+
+def test_min_improvement_is_a_relative_margin_at_least_zero() -> None:
+    assert load_config().registry.min_improvement == 0.001
+    with pytest.raises(ConfigError, match=r"registry\.min_improvement: Input should be greater than or equal to 0"):
+        load_config(None, ["registry.min_improvement=-0.01"])

@@ -206,7 +206,9 @@ def test_guard_prints_the_traceback_with_debug(monkeypatch: pytest.MonkeyPatch) 
 def test_guard_turns_ctrl_c_into_interrupted() -> None:
     result = _invoke(_raise(KeyboardInterrupt()))
     assert result.exit_code == 130
-    assert result.stderr.strip().splitlines() == ["interrupted: stopped by Ctrl+C before it finished."]
+    assert result.stderr.strip().splitlines() == [
+        "interrupted: stopped by Ctrl+C before it finished; what it had recorded is kept. Run the same command again."
+    ]
 
 
 def test_guard_leaves_foreign_exceptions_alone() -> None:
@@ -224,9 +226,15 @@ def test_guard_prints_the_message_as_text_not_markup() -> None:
 # --- an interrupted sweep goes through the same tree -------------------------------------------
 
 
-def test_finish_raises_interrupted_for_an_interrupted_sweep(capsys: pytest.CaptureFixture[str]) -> None:
-    outcome: Any = SimpleNamespace(status="interrupted", name="half", summary=lambda: {"status": "interrupted"})
-    with pytest.raises(Interrupted, match=r"^continue with `sweeps resume half` \(or the same command again\)\.$"):
+def test_finish_raises_interrupted_for_an_interrupted_sweep(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sweeps.cli.sweep.program", lambda: "sweeps")
+    outcome: Any = SimpleNamespace(status="interrupted", name="half", summary=lambda: {"status": "interrupted"},
+                                   records=(1, 2), requested=10, state_dir="/state/half")
+    message = (r"^stopped by Ctrl\+C: sweep 'half' has 2 of 10 trials, kept in /state/half\. Continue with "
+               r"`sweeps resume half` \(or the same command again\)\.$")
+    with pytest.raises(Interrupted, match=message):
         finish(outcome, as_json=True)
     assert '"status": "interrupted"' in capsys.readouterr().out
 

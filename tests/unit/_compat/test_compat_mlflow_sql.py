@@ -21,6 +21,7 @@ from sweeps._compat.mlflow_sql import (
     BulkRunWriter,
     FinishedRun,
     bulk_writer,
+    is_whole,
     schema_revision,
 )
 
@@ -209,3 +210,55 @@ def test_a_store_that_is_not_sql_gets_no_bulk_writer(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.WARNING, logger="sweeps._compat"):
         assert bulk_writer(client, "0") is None
     assert caplog.records == []
+
+
+def _keyed(parent_id: str, key: str, metrics: dict[str, float] | None = None) -> FinishedRun:
+    tags = {MLFLOW_PARENT_RUN_ID: parent_id, "sweeps.trial_key": key}
+    return FinishedRun(key, "FINISHED", 1, 2, tags, PARAMS, METRICS if metrics is None else metrics)
+
+
+def test_a_unique_tag_makes_a_write_idempotent(client: MlflowClient, experiment_id: str) -> None:
+    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
+    writer = _writer(client, experiment_id)
+    batch = [_keyed(parent_id, f"k{i}") for i in range(3)]
+    first = writer.write(batch, unique_tag="sweeps.trial_key")
+    again = writer.write([*batch, _keyed(parent_id, "k3"), _keyed(parent_id, "k3")], unique_tag="sweeps.trial_key")
+    assert again[:3] == first, "runs already written whole are not written again; their ids come back"
+    assert again[3] == again[4], "the same value twice in one batch is written once"
+    nested = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert sorted(r.data.tags["sweeps.trial_key"] for r in nested) == ["k0", "k1", "k2", "k3"]
+
+
+def test_a_torn_run_is_deleted_and_written_again(client: MlflowClient, experiment_id: str) -> None:
+    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
+    tags = {MLFLOW_PARENT_RUN_ID: parent_id, "sweeps.trial_key": "torn"}
+    running = client.create_run(experiment_id, tags=tags, run_name="torn").info.run_id  # died after create_run
+    empty = client.create_run(experiment_id, tags={**tags, "sweeps.trial_key": "empty"}, run_name="empty").info.run_id
+    client.set_terminated(empty, "FINISHED")  # FINISHED without a metric: not whole either
+    failed = client.create_run(experiment_id, tags={**tags, "sweeps.trial_key": "failed"}, run_name="failed")
+    client.set_terminated(failed.info.run_id, "FAILED")  # a failed trial may have no metric: whole
+    ids = _writer(client, experiment_id).write(
+        [_keyed(parent_id, "torn"), _keyed(parent_id, "empty"), _keyed(parent_id, "failed", {})],
+        unique_tag="sweeps.trial_key",
+    )
+    assert ids[2] == failed.info.run_id
+    assert client.get_run(running).info.lifecycle_stage == "deleted"
+    assert client.get_run(empty).info.lifecycle_stage == "deleted"
+    nested = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert {r.data.tags["sweeps.trial_key"]: r.info.status for r in nested} == {
+        "torn": "FINISHED", "empty": "FINISHED", "failed": "FAILED"}
+    assert all(r.data.metrics for r in nested if r.info.status == "FINISHED")
+
+
+@pytest.mark.parametrize(("status", "has_metrics", "whole"), [
+    ("FINISHED", True, True), ("FINISHED", False, False), ("FAILED", False, True), ("KILLED", False, True),
+    ("RUNNING", True, False), ("SCHEDULED", False, False),
+])
+def test_what_counts_as_a_whole_run(status: str, has_metrics: bool, whole: bool) -> None:
+    assert is_whole(status, has_metrics) is whole
+
+
+def test_the_experiment_columns_the_write_lock_uses_are_there() -> None:
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment
+
+    assert {"experiment_id", "last_update_time"} <= {c.name for c in SqlExperiment.__table__.columns}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ COMMANDS = ["run", "resume", "ls", "show", "select", "lineage", "models", "serve
 
 def _description(text: str) -> list[list[str]]:
     """The help's paragraphs between the usage line and the first section, as lists of lines."""
-    body = text.split("\n\n", 1)[1].split("\nArguments:")[0].split("\nOptions:")[0]
+    body = text.split("\n\n", 1)[1].split("\nArguments:", 1)[0].split("\nOptions:", 1)[0]
     return [[line.strip() for line in block.splitlines() if line.strip()] for block in body.split("\n\n")]
 
 
@@ -96,7 +97,7 @@ def test_help_shows_flags_as_flags_and_wraps_sentences_only_at_the_edge(command:
     assert result.exit_code == 0, result.output
     assert "<bool>" not in result.stdout
     for paragraph in _description(result.stdout):
-        for line, following in zip(paragraph, paragraph[1:], strict=False):
+        for line, following in itertools.pairwise(paragraph):
             # A line ends early only when the next word would not have fitted: no break mid-sentence.
             assert len(line) + 1 + len(following.split()[0]) > 70, f"{command}: {line!r} | {following!r}"
 
@@ -113,3 +114,24 @@ def test_serve_and_monitor_help_do_not_offer_model_param_overrides(command: str)
     result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert "alpha" not in result.stdout
     assert "key=value" in result.stdout
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_ray_start_up_chatter_is_hidden_unless_debug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     debug: bool) -> None:
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, [*(["--debug"] if debug else []), "ls", "--storage", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    token = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    tune = logging.getLogger("ray.tune.tune")
+    worker, serve = logging.getLogger("ray._private.worker"), logging.getLogger("ray.serve")
+    if debug:  # Ray's own levels decide again
+        assert {token.level, tune.level, worker.level, serve.level} == {logging.NOTSET}
+        return
+    assert not token.isEnabledFor(logging.WARNING), "the token-auth notice is a warning of this logger"
+    assert not tune.isEnabledFor(logging.WARNING), "Tune's Ctrl+C and Tuner.restore lines"
+    assert not worker.isEnabledFor(logging.INFO), "Started a local Ray instance"
+    assert serve.isEnabledFor(logging.WARNING), "Serve's warnings always show"
+    assert not serve.isEnabledFor(logging.INFO)

@@ -427,3 +427,39 @@ def test_cli_help(runner: CliRunner) -> None:
     assert result.exit_code == 0
     for text in ("--out", "--storage", "--json", "report.html"):
         assert text in result.stdout
+
+
+# --- ties on the front ---------------------------------------------------------------------
+
+
+def tied_records() -> list[TrialRecord]:
+    """30 trials of the all-zero model (one point), two trials sharing another point, and a trade-off."""
+    zero = {"rmse": 0.879135, "mae": 0.7, "r2": 0.0, "nonzero_coefs": 0.0, "fit_seconds": 0.002}
+    records = [
+        TrialRecord("demo", n, params_of(n), zero, "COMPLETE") for n in range(100, 130)
+    ]
+    for n, (rmse, nonzero) in zip(range(130, 136), [(0.74, 11), (0.75, 6), (0.75, 6), (0.78, 3), (0.79, 4), (0.9, 8)],
+                                  strict=True):
+        records.append(TrialRecord("demo", n, params_of(n), metrics_of(params_of(n)) | {
+            "rmse": rmse, "nonzero_coefs": float(nonzero)}, "COMPLETE"))
+    return records
+
+
+def test_report_lists_the_front_as_distinct_points_with_how_many_trials_share_each(tmp_path: Path) -> None:
+    outcome = outcome_of(tied_records(), TWO, tmp_path)
+    assert len(outcome.best) == 34  # ties do not dominate each other: all 30 are on the front
+    files = write_report(outcome, tmp_path / "r")
+    page = files.html.read_text(encoding="utf-8")
+    front = page.split("<h2>Pareto front</h2>")[1].split("<h2>Failures</h2>")[0]
+    assert "4 distinct points, reached by 34 trials" in front
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td>", front)
+    assert rows == [("130", "1"), ("131", "2"), ("133", "1"), ("100", "30")]
+
+
+def test_pareto_plot_draws_one_marker_per_distinct_point(tmp_path: Path) -> None:
+    outcome = outcome_of(tied_records(), TWO, tmp_path)
+    ax = plot_pareto(outcome).axes[0]
+    front_marks = [c for c in ax.collections if c.get_label().startswith("Pareto front")]
+    assert [c.get_label() for c in front_marks] == ["Pareto front (4 points, 34 trials)"]
+    assert len(front_marks[0].get_offsets()) == 4
+    assert [t.get_text() for t in ax.texts] == ["x2", "x30"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,14 @@ def test_an_unknown_suffix_and_a_missing_path_are_refused(tmp_path: Path) -> Non
         inspect_input(tmp_path / "nope.csv", FEATURES)
     with pytest.raises(DataError, match=r"cannot tell its format from the suffix '\.json'"):
         inspect_input(write(tmp_path / "x.json", "{}"), FEATURES)
+
+
+def test_a_file_rewritten_after_it_was_hashed_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path / "w.csv", csv_text(5))
+    plan = plan_input(inspect_input(path, FEATURES))
+    assert plan.changed_files() == []
+    path.write_text(csv_text(5).replace("7.4", "8.4"), encoding="utf-8")  # same size, new content
+    os.utime(path, ns=(plan.stamps[0][1] + 10**9, plan.stamps[0][1] + 10**9))
+    assert plan.changed_files() == [path]
+    path.unlink()
+    assert plan.changed_files() == [path]

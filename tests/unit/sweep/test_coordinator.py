@@ -54,3 +54,23 @@ def test_a_resumed_study_without_names_gets_them_and_keeps_its_trials(tmp_path: 
 
     Coordinator(config.model_dump(mode="json"), "old", str(tmp_path), None)  # resumed again: names unchanged
     assert _stored_names(tmp_path, "old") == ["rmse", "nonzero_coefs"]
+
+
+def test_a_running_trial_that_lost_params_to_a_torn_write_gets_them_suggested_again(tmp_path: Path) -> None:
+    """A torn journal cut inside an ask leaves a RUNNING trial with only some params: it runs with all of them."""
+    config = _config("smoke.yaml")
+    study = optuna.create_study(
+        study_name="torn", storage=SweepState(tmp_path, "torn").storage(), directions=["minimize", "minimize"]
+    )
+    partial = study.ask()
+    alpha = partial.suggest_float("alpha", 0.001, 1.0, log=True)  # l1_ratio's record was cut off
+
+    coordinator = Coordinator(config.model_dump(mode="json"), "torn", str(tmp_path), None)
+    batch = coordinator.next_batch("w0", [], restart=True)
+
+    resumed = next(item for item in batch if item["number"] == partial.number)
+    assert set(resumed["params"]) == {"alpha", "l1_ratio"}
+    assert resumed["params"]["alpha"] == alpha, "what was recorded stays"
+    assert 0.0 <= resumed["params"]["l1_ratio"] <= 1.0
+    stored = optuna.load_study(study_name="torn", storage=SweepState(tmp_path, "torn").storage())
+    assert stored.trials[partial.number].params == resumed["params"], "the suggested param is in the journal"

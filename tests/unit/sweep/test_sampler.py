@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -10,11 +12,11 @@ import optuna
 import pytest
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler, TPESampler
-from optuna.study import Study
+from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from sweeps._compat.optuna_tpe import BatchTPESampler
-from sweeps.sweep.sampler import WindowedTPESampler, make_sampler, sampler_label
+from sweeps.sweep.sampler import REPEAT_CONSTRAINT, WindowedTPESampler, best_distinct, make_sampler, sampler_label
 
 PLANE: dict[str, BaseDistribution] = {"x": FloatDistribution(-5.0, 5.0), "y": FloatDistribution(-5.0, 5.0)}
 
@@ -146,3 +148,81 @@ def test_windowed_tpe_finds_the_good_region_as_well_as_plain_tpe() -> None:
     windowed = statistics.median(_run(WindowedTPESampler(PLANE, window=1000, seed=s), n).best_value for s in seeds)
     # Plain TPE's median best is about 0.003 here; random search's about 0.1.
     assert windowed <= 4 * plain, (windowed, plain)
+
+
+# --- ties: a point many trials repeat must not capture the window or TPE's good set -----------
+
+ZERO_POINT = (0.879135, 0.0)  # the all-zero model of the wine sweep: rmse of the mean, no coefficient
+
+
+def _two_objective_history(n_ties: int, front: int, seed: int = 0) -> list[FrozenTrial]:
+    """`n_ties` trials of one repeated point, `front` points of a trade-off, and as many dominated ones."""
+    rng = random.Random(seed)
+    rows = [ZERO_POINT] * n_ties
+    rows += [(0.74 + 0.01 * k, float(front - k)) for k in range(front)]
+    rows += [(0.80 + 0.01 * k, float(front - k) + 0.5) for k in range(front)]
+    rng.shuffle(rows)
+    trials = []
+    for number, values in enumerate(rows):
+        trial = create_trial(params={"x": rng.uniform(-5, 5), "y": rng.uniform(-5, 5)}, distributions=PLANE,
+                             values=list(values))
+        trial.number = number
+        trials.append(trial)
+    return trials
+
+
+def test_best_distinct_counts_a_repeated_point_once_and_keeps_the_whole_front() -> None:
+    history = _two_objective_history(n_ties=300, front=8)
+    directions = [StudyDirection.MINIMIZE] * 2
+
+    elite = best_distinct(history, directions, 12)
+
+    values = [tuple(t.values) for t in elite]
+    assert len(set(values)) == len(values) == 12, "every objective vector at most once"
+    assert values.count(ZERO_POINT) == 1
+    assert min(t.number for t in history if tuple(t.values) == ZERO_POINT) in {t.number for t in elite}
+    front = {(0.74 + 0.01 * k, float(8 - k)) for k in range(8)} | {ZERO_POINT}
+    assert front <= set(values), "the whole first front, before any dominated point"
+    assert len(best_distinct(history, directions, 4)) == 4
+
+
+def test_best_distinct_spreads_a_front_larger_than_the_room() -> None:
+    line = [create_trial(params={"x": 0.0, "y": 0.0}, distributions=PLANE, values=[k / 40, 1 - k / 40])
+            for k in range(41)]
+    for number, trial in enumerate(line):
+        trial.number = number
+    elite = best_distinct(line, [StudyDirection.MINIMIZE] * 2, 5)
+    firsts = sorted(t.values[0] for t in elite)
+    assert firsts[0] == 0.0 and firsts[-1] == 1.0, "both ends of the front"
+    assert min(b - a for a, b in itertools.pairwise(firsts)) >= 0.1, firsts
+
+
+def test_best_distinct_of_one_objective_is_the_best_distinct_values() -> None:
+    values = [0.5, 0.3, 0.3, 0.9, 0.1, 0.3]
+    trials = [create_trial(params={"x": 0.0, "y": 0.0}, distributions=PLANE, values=[v]) for v in values]
+    for number, trial in enumerate(trials):
+        trial.number = number
+    elite = best_distinct(trials, [StudyDirection.MINIMIZE], 3)
+    assert [(t.number, t.values[0]) for t in elite] == [(4, 0.1), (1, 0.3), (0, 0.5)]
+    assert [t.values[0] for t in best_distinct(trials, [StudyDirection.MAXIMIZE], 2)] == [0.9, 0.5]
+
+
+@pytest.mark.parametrize("window", [20, 1000])
+def test_the_shadow_counts_a_repeated_point_once_among_the_good_trials(window: int) -> None:
+    """Trials that only repeat a known point are infeasible in the shadow: TPE ranks them with the bad ones."""
+    sampler = WindowedTPESampler(PLANE, window=window, seed=4)
+
+    def corner(p: dict[str, Any]) -> list[float]:
+        return list(ZERO_POINT) if p["x"] > 0 else [0.74 + 0.01 * abs(p["y"]), float(round(abs(p["x"])) + 1)]
+
+    _run(sampler, 150, objective=corner, n_objectives=2)
+    shadow = sampler._shadow
+    assert shadow is not None
+    trials = shadow.get_trials(deepcopy=False)
+    feasible = [tuple(t.values) for t in trials if t.constraints[REPEAT_CONSTRAINT] <= 0]
+    repeats = [tuple(t.values) for t in trials if t.constraints[REPEAT_CONSTRAINT] > 0]
+    assert len(feasible) == len(set(feasible)) == len({tuple(t.values) for t in trials})
+    assert ZERO_POINT in feasible
+    assert repeats and set(repeats) <= set(feasible)
+    if window == 20:  # rebuilt: at most 1.5 x window, the elite distinct
+        assert len(trials) <= 30

@@ -7,9 +7,11 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
+from sweeps.config import CONFIG_DIR
 from sweeps.errors import TrackingUnavailable, UsageError
 from sweeps.tracking.preflight import check_reachable, check_tracking_uri
 
@@ -121,6 +123,27 @@ def test_a_database_that_is_not_there_fails_in_seconds_without_its_password() ->
     assert "secret" not in str(info.value)
 
 
-def test_local_stores_need_no_check(tmp_path: object) -> None:
+def test_local_stores_need_no_check() -> None:
     check_reachable("sqlite:////nonexistent-dir/mlflow.db")
     check_reachable("mlruns")
+
+
+def test_sweeps_run_against_an_absent_server_fails_in_seconds_before_any_state(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from sweeps.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["run", "--config", str(CONFIG_DIR / "smoke.yaml"), f"data.path={data_dir}",
+                                      f"sweep.storage={tmp_path / 'state'}", f"tracking.uri={uri}"])
+    assert time.monotonic() - started < 60, "seconds, not MLflow's minutes of retries"
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: tracking.uri must name an MLflow tracking server that answers, but {uri} "
+                               "did not within 5 s"), lines[0]
+    assert not (tmp_path / "state").exists(), "nothing recorded: the check runs before the sweep starts"
