@@ -27,6 +27,7 @@ engine's runs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
@@ -217,23 +218,34 @@ def zero_shares(run: Run, segment: int = 500) -> list[float]:
 
 
 Job = tuple[str, str, int, int, tuple[str, ...], str]
+"""(kind, objectives, trials, seed, config overrides, data path); kind: grid, plain, inprocess, ray."""
 
 
-def _run_job(job: Job, grid_cache: Path | None = None) -> Run:
+def _cache_file(cache: Path, job: Job) -> Path:
+    kind, objectives, trials, seed, overrides, _ = job
+    key = json.dumps([kind, objectives, trials, seed, list(overrides)])
+    return cache / f"{kind}-{trials}-{seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
+
+
+def _run_job(job: Job, cache: Path | None = None) -> Run:
+    """One search (or the grid), or its values from `cache` when an earlier run left them there."""
     kind, objectives, trials, seed, overrides, data = job
-    if kind == "grid" and grid_cache is not None and grid_cache.exists():
-        saved = np.load(grid_cache)
-        return Run("dense grid", 0, trials, saved["rmse"], saved["nonzero"], saved["numbers"], 0.0)
+    label = {"grid": "dense grid", "plain": "plain TPE"}.get(kind, "engine")
+    saved = None if cache is None else _cache_file(cache, job)
+    if saved is not None and saved.exists():
+        arrays = np.load(saved)
+        return Run(label, seed, trials, arrays["rmse"], arrays["nonzero"], arrays["numbers"], float(arrays["seconds"]))
     with tempfile.TemporaryDirectory(prefix="sweeps-quality-") as storage:
-        config = _config(data, objectives, trials, seed, storage, overrides if kind != "plain" else ())
+        config = _config(data, objectives, trials, seed, storage, overrides)
         prepared = prepare(load_data(config.data, config.split).split)
         runner: Callable[[Config, PreparedSplit], Run] = {
             "plain": plain_tpe, "inprocess": engine_inprocess, "ray": engine_ray, "grid": dense_grid,
         }[kind]
         run = runner(config, prepared)
-    if kind == "grid" and grid_cache is not None:
-        np.savez(grid_cache, rmse=run.rmse, nonzero=run.nonzero, numbers=run.numbers)
-    print(f"  {kind:9} {objectives:42} {trials:>6} trials seed {seed}: {run.seconds:6.1f} s", flush=True)
+    if saved is not None:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(saved, rmse=run.rmse, nonzero=run.nonzero, numbers=run.numbers, seconds=run.seconds)
+    print(f"  {kind:9} {objectives:42} {trials:>6} trials seed {seed}: {run.seconds:7.1f} s", flush=True)
     return run
 
 
@@ -241,101 +253,128 @@ def _median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", default=os.environ.get("SWEEPS_DATA_PATH", str(ROOT.parent / "shared" / "data")))
-    parser.add_argument("--engine", choices=["inprocess", "ray"], default="inprocess")
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--trials", default="500,2000", help="one-objective trial counts")
-    parser.add_argument("--mo-trials", default="2000,10000", help="engine's two-objective trial counts")
-    parser.add_argument("--mo-seeds", type=int, default=1, help="seeds of each two-objective case")
-    parser.add_argument("--plain-mo-trials", type=int, default=2000)
-    parser.add_argument("--skip", default="", help="comma list of: single, multi, plain")
-    parser.add_argument("--set", action="append", default=[], help="config override for the engine's runs")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--grid-cache", type=Path, help="an .npz to keep the dense grid's values in (and reuse)")
-    args = parser.parse_args()
+def _plan(args: argparse.Namespace) -> list[Job]:
     skip = set(filter(None, args.skip.split(",")))
     overrides = tuple(args.set)
     counts = [int(n) for n in args.trials.split(",") if n]
     mo_counts = [int(n) for n in args.mo_trials.split(",") if n]
-    seeds = range(args.seeds)
-    print(_machine(), flush=True)
-    print(f"engine: {args.engine}, overrides: {list(overrides) or 'none'}", flush=True)
-
     jobs: list[Job] = [("grid", TWO, GRID_ALPHAS * GRID_L1, 0, (), args.data)]
     if "single" not in skip:
-        jobs += [(args.engine, SINGLE, n, s, overrides, args.data) for n in counts for s in seeds]
-        if "plain" not in skip:
-            jobs += [("plain", SINGLE, max(counts), s, (), args.data) for s in seeds]
+        jobs += [(args.engine, SINGLE, n, s, overrides, args.data) for n in counts for s in range(args.seeds)]
+        if "plain" not in skip:  # plain TPE does not know its budget: its first 500 trials are a 500-trial run
+            jobs += [("plain", SINGLE, max(counts), s, (), args.data) for s in range(args.seeds)]
     if "multi" not in skip:
         jobs += [(args.engine, TWO, n, s, overrides, args.data) for n in mo_counts for s in range(args.mo_seeds)]
         if "plain" not in skip:
             jobs += [("plain", TWO, args.plain_mo_trials, s, (), args.data) for s in range(args.mo_seeds)]
-    start = time.perf_counter()
-    if args.jobs > 1:
-        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
-            runs = pool.map(partial(_run_job, grid_cache=args.grid_cache), jobs, chunksize=1)
-    else:
-        runs = [_run_job(job, args.grid_cache) for job in jobs]
-    results = dict(zip(jobs, runs, strict=True))
-    print(f"all runs: {time.perf_counter() - start:.0f} s\n")
+    return jobs
 
-    grid = results[jobs[0]]
+
+def _execute(jobs: list[Job], workers: int, cache: Path | None) -> dict[Job, Run]:
+    """Every job, in up to `workers` processes; Ray runs one at a time in this process (it owns the cores)."""
+    run_one = partial(_run_job, cache=cache)
+    local = [job for job in jobs if job[0] != "ray"]
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            runs = dict(zip(local, pool.map(run_one, local, chunksize=1), strict=True))
+    else:
+        runs = {job: run_one(job) for job in local}
+    runs |= {job: run_one(job) for job in jobs if job[0] == "ray"}
+    return runs
+
+
+def _report_single(runs: dict[Job, Run], optimum: float) -> dict[str, Any]:
+    single = {job: run for job, run in runs.items() if job[1] == SINGLE}
+    floor = min(optimum, *(float(r.rmse.min()) for r in single.values() if len(r.rmse)))
+    counts = sorted({job[2] for job in single if job[0] != "plain"})
+    print(f"\none objective: best validation rmse after N trials; regret = best - {floor:.8f} (the lowest rmse "
+          "any run or the grid reached); 'vs grid' = best - the grid's optimum")
+    print(f"{'sampler':10} {'N':>6} {'median best':>13} {'median vs grid':>15} {'median regret':>14}  best per seed")
+    rows = []
+    median: dict[tuple[str, int], float] = {}
+    for n in counts:
+        by_sampler = {
+            "engine": [r for job, r in single.items() if job[0] != "plain" and job[2] == n],
+            "plain TPE": [r.first(n) for job, r in single.items() if job[0] == "plain" and job[2] >= n],
+        }
+        for label, found in by_sampler.items():
+            if not found:
+                continue
+            best = [float(r.rmse.min()) for r in found]
+            regret = [b - floor for b in best]
+            middle = _median(best)
+            print(f"{label:10} {n:>6} {middle:13.8f} {middle - optimum:15.2e} {_median(regret):14.2e}  "
+                  + " ".join(f"{b:.8f}" for b in best))
+            median[label, n] = _median(regret)
+            rows.append({"sampler": label, "trials": n, "best": best, "regret": regret,
+                         "median_regret": median[label, n]})
+    ratios = {}
+    for n in counts:
+        if ("engine", n) in median and ("plain TPE", n) in median:
+            plain = median["plain TPE", n]
+            ratios[n] = median["engine", n] / plain if plain > 0 else (1.0 if median["engine", n] <= 0 else math.inf)
+            bar = " (bar: at most 1.5x)" if n == 2000 else ""
+            print(f"median regret, engine / plain TPE, {n} trials: {ratios[n]:.2f}x{bar}")
+    return {"floor_rmse": floor, "rows": rows, "regret_ratio": ratios}
+
+
+def _report_multi(runs: dict[Job, Run], reference: tuple[float, float], grid_hv: float) -> list[dict[str, Any]]:
+    print(f"\ntwo objectives (rmse, nonzero_coefs): hypervolume of the front / the dense grid's ({grid_hv:.6f})")
+    print(f"{'sampler':11} {'N':>6} {'seed':>4} {'points':>6} {'HV / grid':>10}  all-zero share per 500 trials")
+    rows = []
+    for (kind, objectives, n, seed, *_), run in runs.items():
+        if objectives != TWO or kind == "grid":
+            continue
+        front = front_2d(run.rmse, run.nonzero)
+        ratio = hypervolume_2d(front, reference) / grid_hv
+        shares = zero_shares(run)
+        label = "plain MOTPE" if kind == "plain" else "engine"
+        print(f"{label:11} {n:>6} {seed:>4} {len(front):>6} {ratio:10.5f}  " + " ".join(f"{s:.2f}" for s in shares))
+        rows.append({"sampler": label, "trials": n, "seed": seed, "front_points": len(front), "hv_ratio": ratio,
+                     "zero_shares": shares, "seconds": run.seconds})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--data", default=os.environ.get("SWEEPS_DATA_PATH", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--engine", choices=["inprocess", "ray"], default="inprocess")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of each one-objective case")
+    parser.add_argument("--trials", default="500,2000", help="one-objective trial counts")
+    parser.add_argument("--mo-trials", default="2000,10000", help="the engine's two-objective trial counts")
+    parser.add_argument("--mo-seeds", type=int, default=1, help="seeds of each two-objective case")
+    parser.add_argument("--plain-mo-trials", type=int, default=2000, help="plain multi-objective TPE's trials")
+    parser.add_argument("--skip", default="", help="comma list of: single, multi, plain")
+    parser.add_argument("--set", action="append", default=[], help="config override for the engine's runs")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes; Ray runs alone)")
+    parser.add_argument("--cache", type=Path, help="a folder keeping every run's values, reused by later runs")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    print(_machine(), flush=True)
+    print(f"engine: {args.engine}, overrides: {args.set or 'none'}", flush=True)
+    start = time.perf_counter()
+    runs = _execute(_plan(args), args.jobs, args.cache)
+    print(f"all runs: {time.perf_counter() - start:.0f} s")
+
+    grid = next(run for job, run in runs.items() if job[0] == "grid")
     optimum = float(grid.rmse.min())
     grid_front = front_2d(grid.rmse, grid.nonzero)
+    # Optuna's own choice for multi-objective TPE: 1.1 x the worst value; one coefficient more than any model has.
     reference = (1.1 * float(grid_front[:, 0].max()), float(grid_front[:, 1].max()) + 1.0)
     grid_hv = hypervolume_2d(grid_front, reference)
-    report: dict[str, Any] = {
-        "machine": _machine(), "engine": args.engine, "overrides": list(overrides),
-        "grid": {"optimum_rmse": optimum, "front_points": len(grid_front), "hypervolume": grid_hv,
-                 "reference": list(reference), "zero_share": float(np.mean(grid.nonzero == 0))},
-    }
-    print(f"dense grid {GRID_ALPHAS} x {GRID_L1}: optimum rmse {optimum:.8f}; front {len(grid_front)} distinct "
+    zero_share = float(np.mean(grid.nonzero == 0))
+    print(f"\ndense grid {GRID_ALPHAS} x {GRID_L1}: optimum rmse {optimum:.8f}; front {len(grid_front)} distinct "
           f"points, hypervolume {grid_hv:.6f} (reference {reference[0]:.6f}, {reference[1]:.0f}); all-zero share "
-          f"{report['grid']['zero_share']:.3f}")
-
-    if "single" not in skip:
-        single = {k: v for k, v in results.items() if k[1] == SINGLE}
-        floor = min(optimum, *(float(r.rmse.min()) for r in single.values() if len(r.rmse)))
-        report["single"] = {"floor_rmse": floor, "rows": []}
-        print(f"\none objective: best validation rmse after N trials; regret = best - {floor:.8f} (the lowest rmse "
-              "any run or the grid reached); 'vs grid' = best - grid optimum")
-        print(f"{'sampler':10} {'N':>6} {'median best':>13} {'median vs grid':>15} {'median regret':>14}  per seed")
-        for n in counts:
-            rows = {
-                "engine": [r for k, r in single.items() if k[0] != "plain" and k[2] == n],
-                "plain TPE": [r.first(n) for k, r in single.items() if k[0] == "plain"],
-            }
-            for label, runs_n in rows.items():
-                if not runs_n:
-                    continue
-                best = [float(r.rmse.min()) for r in runs_n]
-                regret = [b - floor for b in best]
-                print(f"{label:10} {n:>6} {_median(best):13.8f} {_median(best) - optimum:15.2e} "
-                      f"{_median(regret):14.2e}  " + " ".join(f"{b:.8f}" for b in best))
-                report["single"]["rows"].append({"sampler": label, "trials": n, "best": best, "regret": regret,
-                                                 "median_regret": _median(regret)})
-        by = {(row["sampler"], row["trials"]): row["median_regret"] for row in report["single"]["rows"]}
-        for n in counts:
-            if ("engine", n) in by and ("plain TPE", n) in by:
-                ratio = by["engine", n] / by["plain TPE", n] if by["plain TPE", n] > 0 else math.inf
-                print(f"median regret engine / plain TPE at {n}: {ratio:.2f}x" + (" (bar <= 1.5x)" if n == 2000 else ""))
-
-    if "multi" not in skip:
-        multi = [(k, r) for k, r in results.items() if k[1] == TWO and k[0] != "grid"]
-        report["multi"] = []
-        print(f"\ntwo objectives (rmse, nonzero_coefs): hypervolume of the front / the dense grid's ({grid_hv:.6f})")
-        print(f"{'sampler':10} {'N':>6} {'seed':>4} {'front':>5} {'HV / grid':>10}  all-zero share per 500 trials")
-        for (kind, _, n, seed, *_), run in multi:
-            front = front_2d(run.rmse, run.nonzero)
-            ratio = hypervolume_2d(front, reference) / grid_hv
-            shares = zero_shares(run)
-            label = "plain MOTPE" if kind == "plain" else "engine"
-            print(f"{label:11} {n:>6} {seed:>4} {len(front):>5} {ratio:10.5f}  " + " ".join(f"{s:.2f}" for s in shares))
-            report["multi"].append({"sampler": label, "trials": n, "seed": seed, "front_points": len(front),
-                                    "hv_ratio": ratio, "zero_shares": shares, "seconds": run.seconds})
+          f"{zero_share:.3f}")
+    report: dict[str, Any] = {
+        "machine": _machine(), "engine": args.engine, "overrides": args.set,
+        "grid": {"optimum_rmse": optimum, "front_points": len(grid_front), "hypervolume": grid_hv,
+                 "reference": list(reference), "zero_share": zero_share},
+    }
+    if any(job[1] == SINGLE for job in runs):
+        report["single"] = _report_single(runs, optimum)
+    if any(job[1] == TWO and job[0] != "grid" for job in runs):
+        report["multi"] = _report_multi(runs, reference, grid_hv)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -26,8 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweep_bench import _machine, bench_engine  # noqa: E402
-
+from bench.sweep_bench import _machine, bench_engine  # noqa: E402
 from sweeps.config import CONFIG_DIR, Config, load_config  # noqa: E402
 from tests.integration.team import MlflowServer, Postgres, postgres_available  # noqa: E402
 

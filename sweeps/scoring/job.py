@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -125,7 +126,7 @@ def _connect_ray(address: str | None) -> bool:
                 log_to_driver=False,
                 configure_logging=False,
             )
-    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+    except Exception as exc:  # Ray raises a bare Exception when its node times out starting
         where = f"the Ray cluster at {target}" if target else "a local Ray"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RunFailed(f"could not start or reach {where}: {first}") from exc
@@ -181,6 +182,9 @@ def _plan_in_background(layout: InputLayout, fragment_bytes: int) -> Callable[[]
 
     def work() -> None:
         try:
+            # Ray gives its raylet 30 s to start: on a busy machine, hashing must not be what delays it.
+            with contextlib.suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
             result["plan"] = plan_input(layout, fragment_bytes)
         except BaseException as exc:  # handed to the caller, who re-raises it
             result["error"] = exc

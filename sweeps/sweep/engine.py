@@ -73,7 +73,12 @@ class Progress:
 
 @dataclass(frozen=True)
 class SweepOutcome:
-    """What a sweep produced, read back from its Optuna study."""
+    """What a sweep produced, read back from its Optuna study.
+
+    `wall_s` and `evaluated` describe the sweep: the wall time of every command that evaluated
+    trials, added up, and the trials they evaluated (None: `evaluated_now`). `evaluated_now` and
+    `wall_s_now` describe this command only; a re-run of a finished sweep adds to neither total.
+    """
 
     name: str
     status: str
@@ -89,9 +94,6 @@ class SweepOutcome:
     extra: dict[str, Any] = field(default_factory=dict)
     evaluated: int | None = None
     wall_s_now: float = 0.0
-    """`wall_s` and `evaluated` describe the sweep: the wall time of every command that evaluated
-    trials, added up, and the trials they evaluated (None: `evaluated_now`). `evaluated_now` and
-    `wall_s_now` describe this command only; a re-run of a finished sweep adds nothing to either total."""
 
     @cached_property
     def front(self) -> tuple[FrontPoint, ...]:

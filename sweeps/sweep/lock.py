@@ -148,7 +148,10 @@ class FileLock:
 
     def _try_file(self, slot: _Slot) -> Holder | None:
         """With the thread lock held: lock the file, write who holds it; else read who does."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides who may share it
+        except OSError as exc:
+            raise UsageError(f"cannot open the lock file {self.path}: {exc.strerror or exc}.") from exc
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -199,7 +202,7 @@ class FileLock:
         try:
             try:
                 fd = os.open(self.path, os.O_RDONLY)
-            except FileNotFoundError:
+            except OSError:  # absent (never locked), or not ours to read: no holder this process can know of
                 return None
             try:
                 fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -75,10 +75,9 @@ def _transient(exc: BaseException) -> bool:
         return exc.status is None or exc.status in (429, 500, 502, 503, 504)
     if isinstance(exc, MlflowException):
         return exc.error_code == "TEMPORARILY_UNAVAILABLE"
-    import requests
     import sqlalchemy.exc
 
-    return isinstance(exc, requests.RequestException | sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
+    return isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError)
 
 
 def _with_retry(retry: Retry, step: Callable[[], Any], on_retry: Callable[[], None] | None = None) -> Any:

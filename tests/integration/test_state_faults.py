@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from sweeps.cli import app
 from sweeps.config import CONFIG_DIR, load_config
 from sweeps.records import trial_key
+from sweeps.sweep.lock import FileLock
 from sweeps.sweep.state import SweepState
 from sweeps.tracking.lookup import find_sweep_run, trial_runs
 
@@ -125,6 +126,14 @@ def _wait_for_trials(state: SweepState, process: subprocess.Popen[str], at_least
     pytest.fail(f"fewer than {at_least} trials after {timeout} s")
 
 
+def _wait_for_the_writer_to_exit(state: SweepState, timeout: float = 120) -> None:
+    writer = FileLock(state.folder / "journal-writer.lock")
+    deadline = time.monotonic() + timeout
+    while writer.holder() is not None:
+        assert time.monotonic() < deadline, f"the coordinator outlived its driver by {timeout} s"
+        time.sleep(0.2)
+
+
 def test_a_killed_driver_then_three_racing_resumes_of_its_torn_journal_finish_it_once(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -139,7 +148,8 @@ def test_a_killed_driver_then_three_racing_resumes_of_its_torn_journal_finish_it
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.communicate(timeout=60)
-    with state.journal.open("r+b") as journal:  # what a crash mid-write leaves
+    _wait_for_the_writer_to_exit(state)  # Ray tears the dead driver's coordinator down a little later
+    with state.journal.open("r+b") as journal:  # what a crash of the writer mid-write leaves
         journal.truncate(state.journal.stat().st_size - 100)
     torn = state.journal.read_bytes()
 

@@ -132,6 +132,7 @@ def test_rerun_of_a_finished_sweep_records_nothing_new_and_a_resume_adds_up(
     first = pipeline.sweep(config)
     state = SweepState(tmp_path / "state", "again")
     meta = state.meta_path.read_text(encoding="utf-8")
+    assert json.loads(meta)["config_source"].startswith(str(CONFIG_DIR / "smoke.yaml")), "where the config came from"
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     assert experiment is not None

@@ -45,3 +45,19 @@ def test_show_of_a_finished_sweep_gives_the_sweeps_figures_not_this_commands(sto
     shown = json.loads(CliRunner().invoke(app, ["show", "short", "--storage", str(storage), "--json"]).stdout)
     assert (shown["wall_s"], shown["evaluated"], shown["trials_per_s"]) == (12.5, 40, 3.2)
     assert (shown["evaluated_now"], shown["wall_s_now"]) == (0, 0.0)
+
+
+def test_a_bad_policy_override_names_the_config_file_the_sweep_was_run_with(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "state"
+    config = load_config(overrides=["sweep.name=multi", "sweep.objectives=[{metric: rmse}, {metric: nonzero_coefs}]"])
+    SweepState(root, "multi").write_meta(name="multi", config=config.model_dump(mode="json"), status="completed",
+                                         config_source="configs/multi.yaml", requested=1000)
+    bad = "registry.policy={kind: constraint, metric: rmse, max: {nonzero: 4}}"
+    result = CliRunner().invoke(app, ["select", "multi", "--storage", str(root), bad], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: configs/multi.yaml (as stored in {root / 'multi' / 'sweep.json'}) "
+                                    "with overrides"), result.stderr
+    assert "wine.yaml" not in result.stderr
+    assert "registry.policy.constraint.max.nonzero" in result.stderr

@@ -459,7 +459,7 @@ def test_report_lists_the_front_as_distinct_points_with_how_many_trials_share_ea
 def test_pareto_plot_draws_one_marker_per_distinct_point(tmp_path: Path) -> None:
     outcome = outcome_of(tied_records(), TWO, tmp_path)
     ax = plot_pareto(outcome).axes[0]
-    front_marks = [c for c in ax.collections if c.get_label().startswith("Pareto front")]
+    front_marks = [c for c in ax.collections if str(c.get_label()).startswith("Pareto front")]
     assert [c.get_label() for c in front_marks] == ["Pareto front (4 points, 34 trials)"]
-    assert len(front_marks[0].get_offsets()) == 4
+    assert np.asarray(front_marks[0].get_offsets()).shape == (4, 2)
     assert [t.get_text() for t in ax.texts] == ["x2", "x30"]

@@ -152,3 +152,22 @@ def test_every_refusal_is_mlflow_shaped_json() -> None:
         got, body = refusal(kind, LIMITS)
         assert got == status
         assert set(json.loads(body)) == {"error_code", "message"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("serve.max_header_bytes=100", r"serve.max_header_bytes: Input should be greater than or equal to 1024"),
+        ("serve.max_header_bytes=2000000", r"serve.max_header_bytes: Input should be less than or equal to 1048576"),
+        ("serve.header_timeout_s=0", r"serve.header_timeout_s: Input should be greater than 0 \(got 0\)"),
+        ("serve.max_connections=1", r"serve.max_connections: Input should be greater than or equal to 2 \(got 1\)"),
+        ("serve.trusted_formats=[]", r"serve.trusted_formats: Tuple should have at least 1 item"),
+        ("serve.trusted_formats=[dill]", r"serve.trusted_formats.0: Input should be 'skops', 'pickle' or 'cloud"),
+    ],
+)
+def test_serve_limits_and_trust_settings_are_checked_with_the_field_named(override: str, message: str) -> None:
+    from sweeps.config import load_config
+    from sweeps.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])

@@ -198,3 +198,11 @@ def test_a_filesystem_without_posix_locks_is_a_usage_error_not_a_phantom_holder(
     lock = FileLock(path)
     assert lock.acquire() is None
     lock.release()
+
+
+def test_a_lock_file_that_cannot_be_opened_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "a.lock"
+    path.mkdir()  # what a wrong permission or a clash of names looks like to open()
+    with pytest.raises(UsageError, match=rf"^cannot open the lock file {re.escape(str(path))}: Is a directory\.$"):
+        FileLock(path).acquire()
+    assert FileLock(path).holder() is None

@@ -193,7 +193,7 @@ def test_best_distinct_spreads_a_front_larger_than_the_room() -> None:
         trial.number = number
     elite = best_distinct(line, [StudyDirection.MINIMIZE] * 2, 5)
     firsts = sorted(t.values[0] for t in elite)
-    assert firsts[0] == 0.0 and firsts[-1] == 1.0, "both ends of the front"
+    assert (firsts[0], firsts[-1]) == (0.0, 1.0), "both ends of the front"
     assert min(b - a for a, b in itertools.pairwise(firsts)) >= 0.1, firsts
 
 
@@ -223,6 +223,7 @@ def test_the_shadow_counts_a_repeated_point_once_among_the_good_trials(window: i
     repeats = [tuple(t.values) for t in trials if t.constraints[REPEAT_CONSTRAINT] > 0]
     assert len(feasible) == len(set(feasible)) == len({tuple(t.values) for t in trials})
     assert ZERO_POINT in feasible
-    assert repeats and set(repeats) <= set(feasible)
+    assert repeats, "the all-zero corner was asked more than once"
+    assert set(repeats) <= set(feasible)
     if window == 20:  # rebuilt: at most 1.5 x window, the elite distinct
         assert len(trials) <= 30
