@@ -259,12 +259,15 @@ def _plan(args: argparse.Namespace) -> list[Job]:
     counts = [int(n) for n in args.trials.split(",") if n]
     mo_counts = [int(n) for n in args.mo_trials.split(",") if n]
     jobs: list[Job] = [("grid", TWO, GRID_ALPHAS * GRID_L1, 0, (), args.data)]
+    engine = "engine" not in skip
     if "single" not in skip:
-        jobs += [(args.engine, SINGLE, n, s, overrides, args.data) for n in counts for s in range(args.seeds)]
+        seeds = range(args.seeds) if engine else range(0)
+        jobs += [(args.engine, SINGLE, n, s, overrides, args.data) for n in counts for s in seeds]
         if "plain" not in skip:  # plain TPE does not know its budget: its first 500 trials are a 500-trial run
             jobs += [("plain", SINGLE, max(counts), s, (), args.data) for s in range(args.seeds)]
     if "multi" not in skip:
-        jobs += [(args.engine, TWO, n, s, overrides, args.data) for n in mo_counts for s in range(args.mo_seeds)]
+        seeds = range(args.mo_seeds) if engine else range(0)
+        jobs += [(args.engine, TWO, n, s, overrides, args.data) for n in mo_counts for s in seeds]
         if "plain" not in skip:
             jobs += [("plain", TWO, args.plain_mo_trials, s, (), args.data) for s in range(args.mo_seeds)]
     return jobs
@@ -344,7 +347,7 @@ def main() -> None:
     parser.add_argument("--mo-trials", default="2000,10000", help="the engine's two-objective trial counts")
     parser.add_argument("--mo-seeds", type=int, default=1, help="seeds of each two-objective case")
     parser.add_argument("--plain-mo-trials", type=int, default=2000, help="plain multi-objective TPE's trials")
-    parser.add_argument("--skip", default="", help="comma list of: single, multi, plain")
+    parser.add_argument("--skip", default="", help="comma list of: single, multi, plain, engine")
     parser.add_argument("--set", action="append", default=[], help="config override for the engine's runs")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes; Ray runs alone)")
     parser.add_argument("--cache", type=Path, help="a folder keeping every run's values, reused by later runs")

@@ -14,6 +14,7 @@ every child run (FINISHED / FAILED / RUNNING). Run:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -26,7 +27,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.sweep_bench import _machine, bench_engine  # noqa: E402
+
+def _load_sweep_bench() -> Any:
+    """bench/sweep_bench.py, whose engine case and machine line this benchmark shares."""
+    spec = importlib.util.spec_from_file_location("sweep_bench", Path(__file__).with_name("sweep_bench.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_sweep_bench = _load_sweep_bench()
+_machine, bench_engine = _sweep_bench._machine, _sweep_bench.bench_engine
+
 from sweeps.config import CONFIG_DIR, Config, load_config  # noqa: E402
 from tests.integration.team import MlflowServer, Postgres, postgres_available  # noqa: E402
 

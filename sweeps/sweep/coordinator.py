@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeps._compat.optuna_tpe import running_trial
 from sweeps.config import Config
 from sweeps.records import TrialRecord
-from sweeps.sweep.sampler import make_sampler
+from sweeps.sweep.sampler import batch_limit, make_sampler
 from sweeps.sweep.space import distributions
 from sweeps.sweep.state import SweepState
 
@@ -87,6 +87,7 @@ class Coordinator:
         self.to_ask = max(0, sweep.num_trials - finished - len(self.pending))
         self.leases: dict[str, dict[int, optuna.Trial]] = {}
         self.told = 0
+        self.finished_before = finished
         self.journal.flush()
 
     def remaining(self) -> int:
@@ -112,8 +113,13 @@ class Coordinator:
         if self.deadline is not None and time.time() >= self.deadline:
             return []
         sweep = self.config.sweep
-        # Near the end, split what is left evenly so every worker stays busy to the last trial.
-        size = min(sweep.batch_size, max(1, math.ceil(self.remaining() / sweep.concurrency)))
+        # Near the end, split what is left evenly so every worker stays busy to the last trial; near
+        # the start, ask less from a sampler that has learned from few trials (sampler.batch_limit).
+        size = min(
+            sweep.batch_size,
+            max(1, math.ceil(self.remaining() / sweep.concurrency)),
+            batch_limit(self.finished_before + self.told),
+        )
         lease = self.leases[worker]
         batch: list[dict[str, Any]] = []
         while self.pending and len(batch) < size:

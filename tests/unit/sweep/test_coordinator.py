@@ -74,3 +74,28 @@ def test_a_running_trial_that_lost_params_to_a_torn_write_gets_them_suggested_ag
     assert 0.0 <= resumed["params"]["l1_ratio"] <= 1.0
     stored = optuna.load_study(study_name="torn", storage=SweepState(tmp_path, "torn").storage())
     assert stored.trials[partial.number].params == resumed["params"], "the suggested param is in the journal"
+
+
+def test_batches_grow_with_the_history_the_sampler_learned_from(tmp_path: Path) -> None:
+    """A young study leases small batches (each is asked from one fit), growing to sweep.batch_size."""
+    config = _config("wine.yaml", "sweep.num_trials=400", "sweep.batch_size=32")
+    coordinator = Coordinator(config.model_dump(mode="json"), "young", str(tmp_path), None)
+    sizes, batch, told = [], coordinator.next_batch("w0", [], restart=True), 0
+    while batch:
+        sizes.append((told, len(batch)))
+        results = [{"number": item["number"], "state": "COMPLETE", "metrics": {"rmse": 1.0 + item["params"]["alpha"]}}
+                   for item in batch]
+        told += len(results)
+        batch = coordinator.next_batch("w0", results)
+    coordinator.close()
+    assert told == 400
+    assert sizes[:3] == [(0, 8), (8, 8), (16, 8)]
+    # The end is split between the 2 workers of the config (one here): ceil(left / 2).
+    assert all(size == min(32, max(8, before // 8), -(-(400 - before) // 2)) for before, size in sizes)
+    assert max(size for _, size in sizes) == 32
+
+    # Resumed with 400 trials behind it, the same study leases full batches at once.
+    more = _config("wine.yaml", "sweep.num_trials=500", "sweep.batch_size=32")
+    resumed = Coordinator(more.model_dump(mode="json"), "young", str(tmp_path), None)
+    assert len(resumed.next_batch("w0", [], restart=True)) == 32
+    resumed.close()
