@@ -81,9 +81,9 @@ def _case(results: dict[str, dict[str, Any]], label: str, config: Config) -> Non
 
 def _report(results: dict[str, dict[str, Any]], trials: int, big: bool, out: Path | None) -> None:
     walls = {k: v["wall_s"] for k, v in results.items()}
-    off = walls[f"untracked, {trials}"]
+    off = walls.get(f"untracked, {trials}")
     ratios = {f"{k} / untracked": v / off for k, v in walls.items()
-              if not k.startswith("untracked") and "10000" not in k}
+              if off and not k.startswith("untracked") and "10000" not in k}
     if big:
         ratios["10,000 two objectives, extension / untracked (bar <= 1.3)"] = (
             walls["server + extension on PG, 10000 two objectives"] / walls["untracked, 10000 two objectives"])
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--big", action="store_true", help="also 10,000 trials, two objectives, via the extension")
     parser.add_argument("--skip-rest", action="store_true", help="leave out the plain server (REST) case")
+    parser.add_argument("--big-only", action="store_true", help="only the 10,000-trial pair (implies --big)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if (why := postgres_available()) is not None:
@@ -128,14 +129,16 @@ def main() -> None:
         base = "wine.yaml"
         # Warm-up, not recorded: Ray's first start in a process pays one-off costs.
         bench_engine(_config(args.data, state, sqlite, 100, False, "warmup", base))
-        _case(results, f"untracked, {n}", _config(args.data, state, sqlite, n, False, "off", base))
-        _case(results, f"local SQLite (sql-bulk), {n}", _config(args.data, state, sqlite, n, True, "sqlite", base))
-        _case(results, f"server + extension on PG (server-bulk), {n}",
-              _config(args.data, state, bulk.uri, n, True, "bulk", base))
-        if not args.skip_rest:
+        if not args.big_only:
+            _case(results, f"untracked, {n}", _config(args.data, state, sqlite, n, False, "off", base))
+            _case(results, f"local SQLite (sql-bulk), {n}",
+                  _config(args.data, state, sqlite, n, True, "sqlite", base))
+            _case(results, f"server + extension on PG (server-bulk), {n}",
+                  _config(args.data, state, bulk.uri, n, True, "bulk", base))
+        if not (args.skip_rest or args.big_only):
             _case(results, f"plain server on PG (rest), {n}",
                   _config(args.data, state, plain.uri, n, True, "rest", base))
-        if args.big:
+        if args.big or args.big_only:
             _case(results, "untracked, 10000 two objectives",
                   _config(args.data, state, sqlite, 10_000, False, "big-off", "multi.yaml"))
             _case(results, "server + extension on PG, 10000 two objectives",
@@ -146,7 +149,7 @@ def main() -> None:
         postgres.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    _report(results, args.trials, args.big, args.json)
+    _report(results, args.trials, args.big or args.big_only, args.json)
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,7 +204,7 @@ def _lines(data: bytes) -> list[bytes]:
     return data.splitlines(keepends=True)
 
 
-def _cut_in_last(marker: bytes) -> object:
+def _cut_in_last(marker: bytes) -> Callable[[bytes], int]:
     """A tear in the middle of the last record holding `marker`."""
 
     def cut(data: bytes) -> int:
@@ -215,7 +215,7 @@ def _cut_in_last(marker: bytes) -> object:
     return cut
 
 
-OFFSETS = {
+OFFSETS: dict[str, Callable[[bytes], int]] = {
     "-1": lambda data: len(data) - 1,
     "-100": lambda data: len(data) - 100,
     "mid-record (the last result told)": _cut_in_last(b'"values"'),
@@ -230,7 +230,7 @@ def test_a_torn_journal_tail_is_cut_with_a_warning_and_the_sweep_resumes_to_its_
     shutil.copytree(finished / "state", tmp_path / "state")
     state = SweepState(tmp_path / "state", "base")
     intact = state.journal.read_bytes()
-    size = OFFSETS[offset](intact)  # type: ignore[operator]
+    size = OFFSETS[offset](intact)
     state.journal.write_bytes(intact[:size])
     complete_before = len(_trials(state))
 
