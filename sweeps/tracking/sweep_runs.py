@@ -66,6 +66,7 @@ __all__ = ["ArtifactWriter", "SweepTracker"]
 log = logging.getLogger(__name__)
 
 _BATCH = 500
+_OPEN_TRIES = 6
 _ERROR_CHARS = 4000
 _PACKAGES = ("ray", "optuna", "mlflow", "scikit-learn", "pandas", "numpy", "pydantic")
 
@@ -189,13 +190,20 @@ class SweepTracker(TrialRecordCallback):
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            writer = self._open()
-        # Reported by on_outcome, which then fails the command; the sweep itself goes on.
-        except Exception as exc:
-            log.exception("cannot open MLflow tracking at %s", self.uri)
-            self._error = exc
-            return
+        attempt = 0
+        while True:
+            try:
+                writer = self._open()
+                break
+            # A server restarting, or MLflow's client tripping over a process-wide race (it reads
+            # os.environ while its telemetry rewrites it): tried again a few times, as lookups make
+            # opening idempotent. Then reported by on_outcome, which fails the command; the sweep goes on.
+            except Exception as exc:
+                if attempt >= _OPEN_TRIES - 1 or not self._retry.sleep(attempt, exc):
+                    log.exception("cannot open MLflow tracking at %s", self.uri)
+                    self._error = exc
+                    return
+                attempt += 1
         try:
             self._drain(writer)
         finally:
