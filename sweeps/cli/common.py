@@ -115,6 +115,11 @@ _RAY_CHATTER = {
 }
 
 
+def debugging() -> bool:
+    """Whether the command runs with `--debug` (tracebacks, and the debug logs of sweeps and Ray)."""
+    return _state["debug"]
+
+
 def guard(action: Callable[[], T], interrupted: Callable[[], str] | None = None) -> T:
     """Run a command body; an error of the project exits with its class's `exit_code`, on one line.
 
@@ -135,7 +140,7 @@ _INTERRUPTED = "stopped by Ctrl+C before it finished; what it had recorded is ke
 
 
 def _fail(exc: SweepsError | TrainingError) -> NoReturn:
-    if _state["debug"]:
+    if debugging():
         traceback.print_exc()
     kind = _KINDS.get(exc.exit_code, "error")
     # The message is text, not markup: a metric list such as [r2] must print as it is.

@@ -13,7 +13,17 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from sweeps.cli.common import ConfigOption, ConfigOverridesArg, JsonOption, app, console, guard, load, print_json
+from sweeps.cli.common import (
+    ConfigOption,
+    ConfigOverridesArg,
+    JsonOption,
+    app,
+    console,
+    debugging,
+    guard,
+    load,
+    print_json,
+)
 from sweeps.config import Config, ServeConfig, format_validation_error
 from sweeps.errors import ConfigError, UsageError
 
@@ -93,7 +103,10 @@ def serve(
         uri = _model_uri(cfg, model)
         ref = parse_model_uri(uri)
         tracking_uri = absolute_tracking_uri(cfg.tracking.resolved_uri)
-        settings = AppArgs.model_validate(checked.model_dump() | {"model_uri": uri, "tracking_uri": tracking_uri})
+        settings = AppArgs.model_validate(
+            checked.model_dump()
+            | {"model_uri": uri, "tracking_uri": tracking_uri, "log_level": "DEBUG" if debugging() else "WARNING"}
+        )
         # Fail in milliseconds, before Ray starts, if the registry has nothing to serve.
         version = resolve_version(MlflowClient(tracking_uri, registry_uri=tracking_uri), ref)
         if address is None and not os.environ.get("RAY_ADDRESS"):

@@ -56,6 +56,7 @@ from sweeps.tracking.names import (
     TAG_TRIAL_RUN,
     recorded_test_metrics,
 )
+from sweeps.tracking.sweep_runs import close_stale_run
 from training.card import write_card
 from training.objective import METRIC_DIRECTIONS
 
@@ -215,6 +216,14 @@ def _tracking_links(client: MlflowClient, config: Config, record: TrialRecord, d
     return links
 
 
+def _close_dead_drivers_run(client: MlflowClient, config: Config, sweep: str, digest: str) -> None:
+    """Close the sweep's parent run if it is RUNNING: the caller found no driver holding the sweep."""
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    sweep_run = find_sweep_run(client, str(experiment.experiment_id), sweep, digest) if experiment else None
+    if sweep_run is not None and sweep_run.info.status == "RUNNING":
+        close_stale_run(client, sweep_run.info.run_id, sweep)
+
+
 def require_store(config: Config, sweep: str) -> str:
     """The MLflow store selection registers in; UsageError when `tracking.enabled` is false.
 
@@ -257,6 +266,8 @@ def select_and_register(
     # One select at a time per sweep, policy and model: the second finds the first one's version.
     state = SweepState(outcome.state_dir.parent, outcome.name)
     with use_tracking(uri) as client, state.selecting(name, selection.policy):
+        if state.driver() is None:
+            _close_dead_drivers_run(client, config, outcome.name, bundle.digest)
         for record in tried:
             identity = {
                 TAG_SWEEP: record.sweep,

@@ -26,11 +26,11 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 from mlflow import MlflowClient
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from ray import serve
 from ray.serve import Application, Deployment
 from starlette.requests import ClientDisconnect, Request
@@ -84,6 +84,9 @@ class AppArgs(ServeConfig):
     """Arguments of the Serve application: `ServeConfig` plus where the registry is."""
 
     tracking_uri: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Ray Serve's own log level in its controller, proxy and replicas (`--debug`: DEBUG)."
+    )
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -448,7 +451,7 @@ def build_application(settings: AppArgs) -> Application:
         )
     parse_model_uri(settings.model_uri)
     args = settings.model_dump(mode="json")
-    logging_config = {"enable_access_log": settings.access_log}
+    logging_config = {"enable_access_log": settings.access_log, "log_level": settings.log_level}
     server = cast(Deployment, ModelServer).options(
         num_replicas=settings.replicas,
         max_ongoing_requests=settings.max_ongoing_requests,

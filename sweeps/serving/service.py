@@ -66,10 +66,13 @@ class Endpoint:
             ray.init(address=self.address, num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=True)
             self._started_ray = True
         self._started_serve = self.address is None  # on a shared cluster, only our application is ours
+        # Importing ray.serve set its logger here to INFO: Serve's progress lines, like the
+        # controller's, proxy's and replicas', show at settings.log_level; warnings always.
+        logging.getLogger("ray.serve").setLevel(self.settings.log_level)
         try:
             serve.start(
                 http_options={"host": self.settings.host, "port": self.settings.port},
-                logging_config={"enable_access_log": self.settings.access_log},
+                logging_config={"enable_access_log": self.settings.access_log, "log_level": self.settings.log_level},
             )
             serve.run(build_application(self.settings), name=self.app_name, route_prefix="/", blocking=False)
         except BaseException:
@@ -102,9 +105,12 @@ class Endpoint:
         children = _descendants(os.getpid()) if self._started_ray else []
         try:
             if ray.is_initialized():
-                if self._started_serve:
+                if self._started_serve and not self._started_ray:
                     serve.shutdown()
                 else:
+                    # Drains the replicas; in a Ray this endpoint started, ray.shutdown then stops the
+                    # controller, without serve.shutdown's "graceful_shutdown failed" notice (the
+                    # controller kills itself inside the call it answers).
                     serve.delete(self.app_name)
         finally:
             if self._started_ray:

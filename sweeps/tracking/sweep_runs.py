@@ -61,7 +61,7 @@ from sweeps.tracking.names import (
 from sweeps.tracking.writers import RunWriter, open_writer
 from training.card import write_card
 
-__all__ = ["ArtifactWriter", "SweepTracker"]
+__all__ = ["ArtifactWriter", "SweepTracker", "close_stale_run"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,15 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, str]:
             flat |= _flatten(value, f"{prefix}{key}.")
         return flat
     return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else str(tree)}
+
+
+def close_stale_run(client: MlflowClient, run_id: str, sweep: str) -> None:
+    """Close the parent run a dead driver left RUNNING (KILLED, as an interrupted sweep's run ends).
+
+    The caller knows no live driver owns it: it holds the sweep's driver lock, or found it free.
+    """
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.KILLED))
+    log.warning("MLflow run %s of sweep %s was left RUNNING by a driver that stopped: closed as KILLED", run_id, sweep)
 
 
 def _environment() -> dict[str, str]:
@@ -249,14 +258,9 @@ class SweepTracker(TrialRecordCallback):
         check_tracking_uri(self.uri, node_ips)
 
     def _close_stale(self, client: MlflowClient) -> None:
-        """Close the parent run a dead driver left RUNNING (KILLED, as an interrupted sweep's run ends).
-
-        The engine runs tracking while it holds the sweep's driver lock, so no live driver owns it.
-        """
-        client.set_terminated(self.parent_run_id, status=RunStatus.to_string(RunStatus.KILLED))
+        # The engine runs tracking while it holds the sweep's driver lock, so no live driver owns the run.
+        close_stale_run(client, self.parent_run_id, self.sweep_name)
         self._recorded_status = RunStatus.to_string(RunStatus.KILLED)
-        log.warning("MLflow run %s of sweep %s was left RUNNING by a driver that stopped: closed as KILLED",
-                    self.parent_run_id, self.sweep_name)
 
     def _tag_cluster(self, client: MlflowClient) -> None:
         import ray

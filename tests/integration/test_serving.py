@@ -8,8 +8,12 @@ its `x-model-version` header, so the monitoring run can be checked against what 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -378,6 +382,46 @@ def test_monitor_once_writes_a_run_linked_to_each_served_version(served: Served)
     errors = served.client.get_run(written["1"]["run_id"]).data.metrics["errors"]
     assert BY_FRONT == 1
     assert errors == len(BAD) + len(HTTP_ONLY) - BY_FRONT + 1  # + the streamed body over the limit
+
+
+def test_sweeps_serve_shows_no_ray_chatter_and_stops_quietly_on_ctrl_c(served: Served, tmp_path: Path) -> None:
+    """`sweeps serve` prints its own lines and the hot-swap log; Serve's INFO lines only with --debug."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    command = [sys.executable, "-m", "sweeps", "serve", "--model", f"models:/{MODEL}@champion", "--port", str(port),
+               f"tracking.uri={served.tracking_uri}"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 120
+        ready = False
+        while not ready and process.poll() is None and time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2.0).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert ready, "the endpoint did not become healthy"
+        assert process.stdout is not None
+        before = []  # the command's own ready line follows its own /health check
+        for line in process.stdout:
+            before.append(line)
+            if "ready at" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+        stdout = "".join(before) + stdout
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr[-3000:]
+    assert "ready at" in stdout
+    assert stdout.rstrip().endswith("stopped")
+    output = stdout + stderr
+    assert "now serving version" in output, "the replica's hot-swap log reaches the terminal"
+    assert not re.search(r"\((ServeController|ProxyActor)[^)]*\).*\bINFO\b", output), output
+    assert not re.search(r"^INFO .* serve \d+ --", output, re.MULTILINE), output
+    assert "graceful_shutdown" not in output, output
 
 
 def test_sweeps_serve_refuses_a_model_the_registry_lacks_before_starting_ray(tmp_path: Path) -> None:

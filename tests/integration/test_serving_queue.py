@@ -55,16 +55,20 @@ def test_overflow_is_503_fast_and_never_500(tiny_queue: str) -> None:
     row = [7.4, 0.7, 0.0, 1.9, 0.076, 11, 34, 0.9978, 3.51, 0.56, 9.4]
     body = {"dataframe_split": {"columns": COLUMNS, "data": [row]}}
 
-    def send(_: int) -> tuple[int, float]:
+    def send(_: int) -> tuple[int, float, httpx.Response]:
         start = time.monotonic()
         with httpx.Client(base_url=tiny_queue, timeout=30.0) as http:
-            status = http.post("/invocations", json=body).status_code
-        return status, time.monotonic() - start
+            response = http.post("/invocations", json=body)
+        return response.status_code, time.monotonic() - start, response
 
     with ThreadPoolExecutor(CONCURRENT) as pool:
         answers = list(pool.map(send, range(CONCURRENT)))
-    statuses = [status for status, _ in answers]
-    refused = [seconds for status, seconds in answers if status == 503]
+    statuses = [status for status, _, _ in answers]
+    refused = [seconds for status, seconds, _ in answers if status == 503]
+    # The proxy's own plain-text 503 comes out in the JSON shape of every other error.
+    bodies = [response.json() for status, _, response in answers if status == 503]
+    assert {body["error_code"] for body in bodies} == {"TEMPORARILY_UNAVAILABLE"}, bodies[:3]
+    assert all(body["message"] for body in bodies), bodies[:3]
     assert set(statuses) <= {200, 503}, statuses
     assert 200 in statuses, "requests within the limits are served"
     assert refused, f"{CONCURRENT} concurrent requests against a queue of 1 must overflow"

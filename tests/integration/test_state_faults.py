@@ -298,15 +298,25 @@ def test_ls_lists_every_sweep_when_one_folder_is_corrupt_and_show_names_the_bad_
 # --- two selects at once ---------------------------------------------------------------------------
 
 
-def test_two_selects_of_one_sweep_at_once_register_one_version(finished: Path, tmp_path: Path) -> None:
+def test_two_selects_of_one_sweep_at_once_register_one_version_and_close_a_dead_drivers_run(
+    finished: Path, tmp_path: Path
+) -> None:
     uri = f"sqlite:///{finished / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(load_config(CONFIG_DIR / "smoke.yaml").tracking.experiment)
+    assert experiment is not None
+    parent = find_sweep_run(client, experiment.experiment_id, "base")
+    assert parent is not None
+    client.update_run(parent.info.run_id, status="RUNNING")  # what a driver killed mid-sweep leaves
     args = ["select", "base", "--storage", str(finished / "state"), f"tracking.uri={uri}", "--json"]
     done = _race([args, args, args], tmp_path)
 
     assert [d.code for d in done] == [0, 0, 0], [d.stderr[-2000:] for d in done]
+    closed = [d for d in done if "was left RUNNING by a driver that stopped: closed as KILLED" in d.stderr]
+    assert len(closed) == 1, "the first select closes it, under the select lock; the others find it closed"
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
     reports = [json.loads(d.stdout) for d in done]
     assert len({r["version"] for r in reports}) == 1, "every select found the one version"
     assert sorted(r["created"] for r in reports) == [False, False, True]
-    client = MlflowClient(uri, registry_uri=uri)
     versions = client.search_model_versions("name = 'wine-smoke'")
     assert len(versions) == 1
