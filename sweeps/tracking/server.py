@@ -23,6 +23,7 @@ from flask import Flask, jsonify, request
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pydantic import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from sweeps._compat import installed_version
 from sweeps._compat.mlflow_sql import (
@@ -35,6 +36,7 @@ from sweeps._compat.mlflow_sql import (
 from sweeps.errors import (
     BadRequest,
     InvalidInput,
+    PayloadTooLarge,
     ProtocolError,
     ServiceUnavailable,
     UnsupportedMediaType,
@@ -88,7 +90,13 @@ def _parse() -> tuple[BulkRequest, list[FinishedRun]]:
     request.max_content_length = MAX_BODY_BYTES
     if not request.is_json:
         raise UnsupportedMediaType(f"{BULK_PATH} reads application/json, but got {request.mimetype!r}")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RequestEntityTooLarge as exc:  # Flask's own answer would be an HTML page
+        raise PayloadTooLarge(
+            f"{BULK_PATH} reads a body of at most {MAX_BODY_BYTES} bytes, but got {request.content_length or 'more'}: "
+            f"send fewer runs per request"
+        ) from exc
     if not isinstance(body, dict):
         raise BadRequest(f"{BULK_PATH} must be a JSON object (a BulkRequest)", error_code="MALFORMED_REQUEST")
     try:

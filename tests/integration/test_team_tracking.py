@@ -9,6 +9,7 @@ Optuna has trials.
 from __future__ import annotations
 
 import math
+import socket
 import threading
 import time
 from collections import Counter
@@ -25,11 +26,14 @@ from sweeps import pipeline
 from sweeps._compat.mlflow_sql import FinishedRun
 from sweeps.config import CONFIG_DIR, Config, load_config
 from sweeps.errors import RunFailed
+from sweeps.serving.app import AppArgs
+from sweeps.serving.service import Endpoint
 from sweeps.sweep.engine import Progress, SweepOutcome
 from sweeps.sweep.state import SweepState
 from sweeps.tracking.http import BULK_PATH, INFO_PATH, Retry, TrackingHttp
 from sweeps.tracking.lookup import find_sweep_run, trial_runs
 from sweeps.tracking.names import TAG_TRIAL, TAG_TRIAL_KEY, TAG_WRITE_PATH
+from sweeps.tracking.server import MAX_BODY_BYTES
 from sweeps.tracking.writers import _HttpApi, _PerRun, _ServerBulk, run_payload
 from tests.integration.team import MlflowServer, Postgres, postgres_available
 from training.objective import Metrics, PreparedSplit, evaluate
@@ -172,6 +176,8 @@ def test_bulk_endpoint_is_detected_and_refuses_hostile_input(bulk_server: Mlflow
          400, "must carry the unique tag"),
         (post({"parent_run_id": "0" * 32, "unique_tag": TAG_TRIAL_KEY, "runs": [good]}), 404, "not found"),
         (post({"parent_run_id": "../../etc", "unique_tag": TAG_TRIAL_KEY, "runs": [good]}), 400, "parent_run_id"),
+        (post(None, content=b" " * (MAX_BODY_BYTES + 1), headers={"Content-Type": "application/json"}), 413,
+         f"at most {MAX_BODY_BYTES} bytes"),
     ]
     for response, status, message in cases:
         assert response.status_code == status, response.text
@@ -291,7 +297,7 @@ def test_the_rest_path_never_duplicates_a_run_whose_create_answer_was_lost(plain
 
 
 @pytest.mark.usefixtures("local_ray")
-def test_sweep_select_and_lineage_through_the_extension_on_postgres(
+def test_sweep_select_serve_monitor_and_lineage_through_the_extension_on_postgres(
     data_dir: Path, tmp_path: Path, bulk_server: MlflowServer
 ) -> None:
     import json
@@ -319,7 +325,26 @@ def test_sweep_select_and_lineage_through_the_extension_on_postgres(
     from sweeps.dataset import load_data
 
     frame = load_data(config.data, config.split).frame("test").drop(columns=["quality"]).head(3)
-    assert len(model.predict(frame)) == 3
+    expected = model.predict(frame)
+
+    # Served over HTTP from the server's registry, then a monitoring run written back through it.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    settings = AppArgs(model_uri=champion, tracking_uri=bulk_server.uri, host="127.0.0.1", port=port)
+    with Endpoint(settings) as endpoint:
+        served = endpoint.wait_ready(timeout_s=120)
+        assert served["version"] == str(result.selection.version)
+        body = {"dataframe_split": frame.to_dict(orient="split", index=False)}
+        answer = httpx.post(f"{endpoint.url}/invocations", json=body, timeout=30.0)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["predictions"] == pytest.approx(list(expected))
+        monitored = CliRunner().invoke(
+            app, ["monitor", "--once", "--json", "--url", endpoint.url, f"tracking.uri={bulk_server.uri}"]
+        )
+    assert monitored.exit_code == 0, monitored.output
+    (monitor_run,) = json.loads(monitored.stdout)
+
     shown = CliRunner().invoke(app, ["lineage", champion, "--tracking-uri", bulk_server.uri, "--storage",
                                      str(tmp_path / "state"), "--json"])
     assert shown.exit_code == 0, shown.output
@@ -327,6 +352,7 @@ def test_sweep_select_and_lineage_through_the_extension_on_postgres(
     assert lineage["digest_consistent"] is True
     kinds = {link["kind"]: link for link in lineage["links"]}
     assert all(link["found"] for link in kinds.values()), kinds
+    assert monitor_run["run_id"] in json.dumps(lineage), "lineage lists the monitoring run"
 
 
 @pytest.mark.usefixtures("local_ray")
