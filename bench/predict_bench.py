@@ -1,19 +1,24 @@
 """Batch scoring: `sweeps predict` vs `mlflow models predict --env-manager local`, same file, same model.
 
-    .venv/bin/python bench/predict_bench.py                  # 2,000,000 rows
-    .venv/bin/python bench/predict_bench.py --rows 10000000  # the bar of issue 12
+    flock /tmp/sweeps-bench.lock .venv/bin/python bench/predict_bench.py                # 10,000,000 rows
+    flock /tmp/sweeps-bench.lock .venv/bin/python bench/predict_bench.py --rows 1000000  # to iterate
 
-It trains and registers a wine model in a private MLflow store (under --workdir, a temporary
-folder by default), writes the UCI wine rows resampled to --rows rows with an `id` column as
-one CSV, then runs each command as a subprocess, one after the other, timing it from start to
-exit and sampling, every 50 ms, the memory of its whole process tree (Ray's GCS, raylet and
-workers included: they are all descendants of the command). Peak memory is the peak of the
-tree's summed RSS, and of its summed PSS (shared pages split between the processes that map
-them, so the object store is not counted once per process). The mlflow side also runs under
+(`flock` keeps benchmarks of a shared machine from overlapping.) It runs the smoke sweep through
+`sweeps run` in a private MLflow store (under --workdir, a temporary folder in /tmp by default),
+so that its selection registers and promotes models:/wine-bench@champion as a user's would be;
+writes the UCI wine rows resampled to --rows rows with an `id` column as one CSV; then runs each
+command as a subprocess, one after the other, timing it from start to exit and sampling, every
+50 ms, the memory and CPU time of its whole process tree (Ray's GCS, raylet and workers
+included: they are all descendants of the command). Peak memory is the peak of the tree's
+summed RSS, and of its summed PSS (shared pages split between the processes that map them, so
+the object store is not counted once per process). The mlflow side also runs under
 `/usr/bin/time -v` when it exists, as a cross-check of its largest process.
 
-Nothing else should run on the machine meanwhile; the figures are printed side by side with
-their ratios, and the commands, so that they can be repeated.
+Then it checks the sweeps output: every input id exactly once, the predictions equal to the
+registered model's pyfunc predictions on a sample of rows read back from the CSV (and to
+mlflow's, by row position), the model version in the Parquet metadata and in the job's
+batch-scoring run. Exit 1 if a check fails. The figures are printed side by side with their
+ratios, and the commands, so that they can be repeated.
 """
 
 from __future__ import annotations
@@ -164,27 +169,29 @@ def measure(name: str, command: list[str], env: dict[str, str], time_v: bool = F
 
 
 def register_model(workdir: Path, data: Path) -> str:
-    """Train one ElasticNet on the red wine data and register it as models:/wine-bench@champion."""
-    from mlflow import MlflowClient
+    """Run the smoke sweep through `sweeps run`: its selection registers and promotes models:/wine-bench@champion.
 
-    from sweeps.config import load_config
-    from sweeps.tracking.client import use_tracking
-    from sweeps.tracking.single_run import train_once
+    The version is registered as `sweeps select` registers (lineage tags, skops file, training
+    run), so both commands load the model a user would score with. A subprocess, so that no Ray
+    of this process is alive while the commands are measured.
+    """
+    from mlflow import MlflowClient
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     if (workdir / "mlflow.db").exists() and client.search_registered_models(f"name = '{MODEL}'"):
         return uri  # a --workdir used before: same model
-    client.create_experiment("wine-elasticnet", artifact_location=str(workdir / "artifacts"))
-    client.create_registered_model(MODEL)
-    result = train_once(load_config(overrides=[f"data.path={data}", f"tracking.uri={uri}", "data.wine=red"]))
-    if result.model_uri is None:
-        raise SystemExit("the training run logged no model")
-    with use_tracking(uri):
-        # The lineage tags `sweeps select` writes (`sweeps predict` loads only such versions by default).
-        tags = {"sweeps.dataset_digest": result.dataset_digest, "sweeps.sweep": "bench", "sweeps.trial": "0"}
-        version = client.create_model_version(MODEL, source=result.model_uri, run_id=result.run_id, tags=tags)
-    client.set_registered_model_alias(MODEL, "champion", version.version)
+    client.create_experiment("wine-elasticnet", artifact_location=(workdir / "artifacts").as_uri())
+    command = [
+        str(ROOT / ".venv" / "bin" / "sweeps"), "run", "--config", str(ROOT / "configs" / "smoke.yaml"), "--quiet",
+        f"data.path={data}", f"sweep.storage={workdir / 'state'}", f"tracking.uri={uri}",
+        f"registry.model_name={MODEL}", "sweep.num_trials=12", "sweep.batch_size=3",
+    ]
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"registering the model failed:\n$ {' '.join(command)}\n{done.stdout}{done.stderr}")
     return uri
 
 
@@ -204,6 +211,69 @@ def write_rows(data: Path, rows: int, path: Path, seed: int = 0) -> None:
             writer.write_table(part.add_column(0, "id", pa.array(np.arange(start, start + count, dtype=np.int64))))
 
 
+def _sample_inputs(source: Path, ids: np.ndarray) -> pd.DataFrame:
+    """The input rows with the given ids, read back from the CSV in a stream (not the output)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    wanted = pa.array(ids)
+    parts = [batch.filter(pc.is_in(batch.column("id"), value_set=wanted)) for batch in pacsv.open_csv(source)]
+    return pa.Table.from_batches(parts).to_pandas().set_index("id").loc[ids]
+
+
+def check_outputs(
+    uri: str, source: Path, rows: int, output: Path, mlflow_out: Path | None
+) -> list[tuple[str, bool, str]]:
+    """The bars besides speed: every id once, pyfunc's predictions on a sample, the version recorded."""
+    import mlflow.pyfunc
+    import pyarrow.parquet as pq
+    from mlflow import MlflowClient
+
+    from sweeps.scoring.output import read_metadata
+    from training.data import FEATURES
+
+    checks: list[tuple[str, bool, str]] = []
+    ids = pq.read_table(output, columns=["id"]).column("id").to_numpy()
+    in_range = len(ids) == 0 or (int(ids.min()) >= 0 and int(ids.max()) < rows)
+    once = in_range and len(ids) == rows and bool((np.bincount(ids, minlength=rows) == 1).all())
+    checks.append(("every input id exactly once in the output", once, f"{len(ids):,} rows out of {rows:,} in"))
+    del ids
+
+    sample = np.sort(np.random.default_rng(7).choice(rows, min(rows, 2000), replace=False))
+    inputs = _sample_inputs(source, sample)
+    client = MlflowClient(uri, registry_uri=uri)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    expected = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL}/{champion.version}").predict(
+        inputs[list(FEATURES)]), dtype=np.float64)
+    scored = pq.read_table(output, columns=["id", "prediction"], filters=[("id", "in", sample.tolist())])
+    got = scored.to_pandas().set_index("id").loc[sample, "prediction"].to_numpy()
+    worst = float(np.max(np.abs(got - expected))) if len(got) else 0.0
+    checks.append((f"predictions = pyfunc's on {len(sample):,} sampled rows", bool(np.allclose(got, expected, rtol=1e-9,
+                   atol=1e-9)), f"largest difference {worst:.2e}; std of predictions {float(np.std(expected)):.3f}"))
+    if mlflow_out is not None and mlflow_out.exists():
+        theirs = json.loads(mlflow_out.read_text(encoding="utf-8"))
+        theirs = np.asarray(theirs["predictions"] if isinstance(theirs, dict) else theirs, dtype=np.float64)
+        agree = len(theirs) == rows and bool(np.allclose(got, theirs[sample], rtol=1e-9, atol=1e-9))
+        checks.append(("same sample in mlflow's output (row position = id)", agree,
+                       f"mlflow wrote {len(theirs):,} predictions and no ids"))
+
+    metadata = read_metadata(output)
+    run = client.get_run(metadata.get("sweeps.batch_run_id", ""))
+    recorded = (
+        metadata.get("sweeps.model_version") == str(champion.version)
+        and metadata.get("sweeps.training_run_id") == champion.run_id
+        and run.data.tags.get("sweeps.kind") == "batch-scoring"
+        and run.data.tags.get("sweeps.model_version") == str(champion.version)
+        and run.data.metrics.get("rows_out") == rows
+    )
+    checks.append(("model version recorded (Parquet metadata and the batch-scoring run)", recorded,
+                   f"{MODEL} version {metadata.get('sweeps.model_version')}, run {run.info.run_id}"))
+    return checks
+
+
 def machine() -> str:
     memory = next(
         (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), "?"
@@ -217,7 +287,7 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=2_000_000, help="rows in the generated CSV (default 2,000,000)")
+    parser.add_argument("--rows", type=int, default=10_000_000, help="rows in the generated CSV (default 10,000,000)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="UCI wine data folder")
     parser.add_argument("--workdir", type=Path, default=None, help="where the store, input and outputs go (kept)")
     parser.add_argument("--skip-mlflow", action="store_true", help="time `sweeps predict` only")
@@ -254,19 +324,19 @@ def main() -> None:
             cases.append(("mlflow models predict", mlflow, True))
         for name, command, time_v in cases if round_ % 2 == 0 else reversed(cases):
             results.append(replace(measure(name, command, env, time_v=time_v), round=round_))
-    import pyarrow.parquet as pq
-
     ok = [r for r in results if r.name == "sweeps predict" and r.exit_code == 0]
-    scored = pq.ParquetDataset(output).read(columns=["id"]).num_rows if ok else 0
-    print(f"\nsweeps wrote {scored:,} rows to {output}")
     if not args.skip_mlflow and mlflow_out.exists():
-        print(f"mlflow wrote {mlflow_out.stat().st_size / 1e6:.0f} MB of JSON to {mlflow_out} (no ids)")
+        print(f"\nmlflow wrote {mlflow_out.stat().st_size / 1e6:.0f} MB of JSON to {mlflow_out} (no ids)")
+    checks = check_outputs(uri, source, args.rows, output, None if args.skip_mlflow else mlflow_out) if ok else []
+    print("\nchecks of the sweeps output:" if ok else "\nno sweeps output to check")
+    for what, passed, detail in checks:
+        print(f"  {'ok  ' if passed else 'FAIL'} {what}: {detail}")
     print(f"\n{'round':>5s} {'command':24s} {'exit':>4s} {'load1':>6s} {'wall s':>8s} {'CPU s':>7s} {'rows/s':>12s} "
-          f"{'peak RSS MB':>12s} {'peak PSS MB':>12s} {'procs':>6s} {'time -v MB':>10s}")
+          f"{'cores':>5s} {'peak RSS MB':>12s} {'peak PSS MB':>12s} {'procs':>6s} {'time -v MB':>10s}")
     for r in results:
         extra = f"{r.time_v_max_rss_mb:10.0f}" if r.time_v_max_rss_mb else f"{'-':>10s}"
         print(f"{r.round:5d} {r.name:24s} {r.exit_code:4d} {r.load1:6.2f} {r.wall_s:8.1f} {r.cpu_s:7.1f}"
-              f" {args.rows / r.wall_s:12,.0f}"
+              f" {args.rows / r.wall_s:12,.0f} {r.cpu_s / r.wall_s:5.2f}"
               f" {r.peak_rss_mb:12.0f} {r.peak_pss_mb:12.0f} {r.processes:6d} {extra}")
     for round_ in range(args.rounds):
         pair = [r for r in results if r.round == round_]
@@ -277,9 +347,10 @@ def main() -> None:
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
     else:
-        summary = {"rows": args.rows, "machine": machine(), "results": [r.__dict__ for r in results]}
+        summary = {"rows": args.rows, "machine": machine(), "results": [r.__dict__ for r in results],
+                   "checks": checks}
         (workdir / "results.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    sys.exit(max(r.exit_code for r in results))
+    sys.exit(max([r.exit_code for r in results] + [0 if all(c[1] for c in checks) else 1]))
 
 
 if __name__ == "__main__":

@@ -13,11 +13,14 @@ l1_ratio 0..1), with the default config (`configs/wine.yaml`: 2 workers, batches
 
 The engine runs either for real (`--engine ray`: `sweeps.pipeline.sweep`, Ray Tune workers,
 the coordinator actor, untracked) or in-process (`--engine inprocess`, the default): the same
-`Coordinator` and sampler, with its workers simulated in this process. Each simulated worker
-holds one leased batch at a time and the coordinator is called in the order the real workers
-call it when they take equally long (w0 leases, w1 leases, w0 tells and leases, w1 tells and
-leases, ...), so every ask sees exactly what it would see in a Ray run with that order. Ray only
-changes that order by timing jitter.
+`Coordinator` and sampler, with its workers simulated in this process as
+`sweeps.sweep.workers.run_worker` behaves when every fit takes equally long and a round trip
+takes no time. Each worker holds its batch and one lease ahead (`LEASES_AHEAD`): it leases two
+batches at its start, and once it has evaluated a batch it sends the results with the request
+for the batch after next, then evaluates the one it already holds. Workers take turns (w0, w1,
+w0, ...), so every ask sees exactly what it would see in a Ray run with that order; Ray only
+changes the order by timing jitter. `--leases-ahead 0` simulates workers that wait for their
+next batch (the protocol before the coordinator went off the critical path).
 
 Run: `.venv/bin/python bench/search_quality.py --data ../shared/data [--engine ray] [--jobs 2]`.
 Tuning: `--set sweep.batch_size=32 --set sweep.tpe_window=500` applies config overrides to the
@@ -57,6 +60,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SINGLE = "[{metric: rmse}]"
 TWO = "[{metric: rmse}, {metric: nonzero_coefs}]"
 GRID_ALPHAS, GRID_L1 = 161, 51
+LEASES_AHEAD = 1
+"""Batches a worker leases ahead of the one it evaluates, as `sweeps.sweep.workers.run_worker` does."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ def _from_trials(label: str, seed: int, trials: int, rows: list[tuple[int, float
     return Run(label, seed, trials, array[:, 1], array[:, 2], array[:, 0].astype(int), seconds)
 
 
-def engine_inprocess(config: Config, prepared: PreparedSplit) -> Run:
+def engine_inprocess(config: Config, prepared: PreparedSplit, leases_ahead: int = LEASES_AHEAD) -> Run:
     """The engine's coordinator and sampler, its workers simulated in this process (see the module doc)."""
     from sweeps.sweep.coordinator import Coordinator
 
@@ -115,16 +120,33 @@ def engine_inprocess(config: Config, prepared: PreparedSplit) -> Run:
     with tempfile.TemporaryDirectory(prefix="sweeps-quality-") as root:
         name = str(config.sweep.name)
         coordinator = Coordinator(config.model_dump(mode="json"), name, root, None)
-        queue: deque[tuple[str, list[dict[str, Any]]]] = deque()
+
+        def evaluated(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{"number": item["number"]} | _score(config, prepared, item["params"]) for item in batch]
+
+        # Per worker, the batches it holds: the one it evaluates next first, then those leased ahead.
+        turns: deque[tuple[str, deque[list[dict[str, Any]]]]] = deque()
         for i in range(config.sweep.concurrency):
             worker = f"w{i}"
-            queue.append((worker, coordinator.next_batch(worker, [], True)))
-        while queue:
-            worker, batch = queue.popleft()
-            if not batch:
+            held = deque([coordinator.next_batch(worker, [], True)])
+            for _ in range(leases_ahead):
+                if held[-1]:
+                    held.append(coordinator.next_batch(worker, []))
+            turns.append((worker, held))
+        while turns:
+            worker, held = turns.popleft()
+            batch = held.popleft()
+            if not batch:  # nothing left for this worker
                 continue
-            results = [{"number": item["number"]} | _score(config, prepared, item["params"]) for item in batch]
-            queue.append((worker, coordinator.next_batch(worker, results)))
+            held.append(coordinator.next_batch(worker, evaluated(batch)))
+            while held and not held[0]:
+                # Leased ahead and found empty: the worker waits for the lease it just asked for and,
+                # holding one again, leases ahead again (run_worker's end of sweep).
+                held.popleft()
+                if held and held[0] and len(held) <= leases_ahead:
+                    held.append(coordinator.next_batch(worker, []))
+            if held:
+                turns.append((worker, held))
         coordinator.close()
         rows = [
             (t.number, t.values[0], _nonzero(t))
@@ -221,9 +243,19 @@ Job = tuple[str, str, int, int, tuple[str, ...], str]
 """(kind, objectives, trials, seed, config overrides, data path); kind: grid, plain, inprocess, ray."""
 
 
+ENGINE_SOURCES = ("sweeps/sweep/sampler.py", "sweeps/sweep/coordinator.py", "sweeps/_compat/optuna_tpe.py",
+                  "sweeps/sweep/workers.py")
+"""What the engine's asks depend on: a cached engine run is reused only while these files are unchanged."""
+_SETTINGS = {"leases_ahead": LEASES_AHEAD}  # --leases-ahead, set before any job runs (forks inherit it)
+
+
 def _cache_file(cache: Path, job: Job) -> Path:
     kind, objectives, trials, seed, overrides, _ = job
-    key = json.dumps([kind, objectives, trials, seed, list(overrides)])
+    parts: list[Any] = [kind, objectives, trials, seed, list(overrides)]
+    if kind in ("inprocess", "ray"):
+        parts += [_SETTINGS["leases_ahead"] if kind == "inprocess" else None,
+                  [hashlib.sha256((ROOT / f).read_bytes()).hexdigest() for f in ENGINE_SOURCES]]
+    key = json.dumps(parts)
     return cache / f"{kind}-{trials}-{seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz"
 
 
@@ -238,9 +270,13 @@ def _run_job(job: Job, cache: Path | None = None) -> Run:
     with tempfile.TemporaryDirectory(prefix="sweeps-quality-") as storage:
         config = _config(data, objectives, trials, seed, storage, overrides)
         prepared = prepare(load_data(config.data, config.split).split)
-        runner: Callable[[Config, PreparedSplit], Run] = {
-            "plain": plain_tpe, "inprocess": engine_inprocess, "ray": engine_ray, "grid": dense_grid,
-        }[kind]
+        inprocess: Callable[[Config, PreparedSplit], Run] = partial(
+            engine_inprocess, leases_ahead=_SETTINGS["leases_ahead"]
+        )
+        runners: dict[str, Callable[[Config, PreparedSplit], Run]] = {
+            "plain": plain_tpe, "inprocess": inprocess, "ray": engine_ray, "grid": dense_grid,
+        }
+        runner = runners[kind]
         run = runner(config, prepared)
     if saved is not None:
         saved.parent.mkdir(parents=True, exist_ok=True)
@@ -342,6 +378,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data", default=os.environ.get("SWEEPS_DATA_PATH", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--engine", choices=["inprocess", "ray"], default="inprocess")
+    parser.add_argument("--leases-ahead", type=int, default=LEASES_AHEAD,
+                        help="batches each simulated worker leases ahead (--engine inprocess)")
     parser.add_argument("--seeds", type=int, default=5, help="seeds of each one-objective case")
     parser.add_argument("--trials", default="500,2000", help="one-objective trial counts")
     parser.add_argument("--mo-trials", default="2000,10000", help="the engine's two-objective trial counts")
@@ -353,8 +391,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="a folder keeping every run's values, reused by later runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    _SETTINGS["leases_ahead"] = args.leases_ahead
     print(_machine(), flush=True)
-    print(f"engine: {args.engine}, overrides: {args.set or 'none'}", flush=True)
+    ahead = f", {args.leases_ahead} lease(s) ahead" if args.engine == "inprocess" else ""
+    print(f"engine: {args.engine}{ahead}, overrides: {args.set or 'none'}", flush=True)
     start = time.perf_counter()
     runs = _execute(_plan(args), args.jobs, args.cache)
     print(f"all runs: {time.perf_counter() - start:.0f} s")
@@ -370,7 +410,7 @@ def main() -> None:
           f"points, hypervolume {grid_hv:.6f} (reference {reference[0]:.6f}, {reference[1]:.0f}); all-zero share "
           f"{zero_share:.3f}")
     report: dict[str, Any] = {
-        "machine": _machine(), "engine": args.engine, "overrides": args.set,
+        "machine": _machine(), "engine": args.engine, "leases_ahead": args.leases_ahead, "overrides": args.set,
         "grid": {"optimum_rmse": optimum, "front_points": len(grid_front), "hypervolume": grid_hv,
                  "reference": list(reference), "zero_share": zero_share},
     }

@@ -1,10 +1,13 @@
-"""Sweep throughput, side by side in one run on this machine.
+"""Sweep throughput, side by side in one run on this machine, each case a whole command (process start to exit).
 
-(a) this engine (Ray Tune workers + windowed TPE coordinator), tracking off and on;
-(b) a plain Optuna loop with TPE and the same objective, without and with one MLflow run per trial;
-(c) Ray Tune + OptunaSearch at its defaults (a small trial count: it is slow);
-(d) the pure fit rate of the objective on the same cores.
-Prints trials/s and the ratios the issues set bars on. Run: `make bench` or
+(a) this engine, `sweeps run --sweep-only`, tracking off and on (MLflow on SQLite);
+(b) a plain Optuna loop with TPE and the same objective, as a script of its own, without and with one
+    MLflow run per trial;
+(c) Ray Tune + OptunaSearch at its defaults (a small trial count: it is slow; in-process);
+(d) the pure fit rate of the objective on the same cores (in-process, one process per core).
+With --big, also 10,000 two-objective trials, untracked and tracked. Prints wall times, the
+engine's phases (Ray ready, first and last result), its steady rate and its coordinator's CPU
+per trial, and the ratios the issues set bars on. Run: `make bench` or
 `python bench/sweep_bench.py --data ../shared/data [--trials 2000] [--big]`.
 """
 
@@ -16,6 +19,8 @@ import multiprocessing
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +29,6 @@ from typing import Any
 import numpy as np
 import optuna
 
-from sweeps import pipeline
 from sweeps.config import CONFIG_DIR, Config, load_config
 from sweeps.dataset import load_data
 from sweeps.sweep.space import params_for
@@ -47,32 +51,46 @@ def _machine() -> str:
     return f"{platform.node()}: {os.cpu_count()} cores, {cpu}, load {load:.1f}, Python {platform.python_version()}"
 
 
+def _overrides(data: str, storage: Path, uri: str, trials: int, objectives: str, tracking: bool,
+               name: str) -> list[str]:
+    return [f"data.path={data}", f"sweep.storage={storage}", f"tracking.uri={uri}", f"tracking.enabled={tracking}",
+            f"sweep.num_trials={trials}", f"sweep.objectives={objectives}", f"sweep.name={name}", "sweep.seed=0"]
+
+
 def _config(data: str, storage: Path, uri: str, trials: int, objectives: str, tracking: bool, name: str) -> Config:
-    return load_config(
-        CONFIG_DIR / "wine.yaml",
-        [
-            f"data.path={data}", f"sweep.storage={storage}", f"tracking.uri={uri}", f"tracking.enabled={tracking}",
-            f"sweep.num_trials={trials}", f"sweep.objectives={objectives}", f"sweep.name={name}", "sweep.seed=0",
-        ],
-    )
+    return load_config(CONFIG_DIR / "wine.yaml", _overrides(data, storage, uri, trials, objectives, tracking, name))
 
 
-def bench_engine(config: Config) -> dict[str, float]:
-    """This engine: wall time from the call (Ray start-up, data, tracking flush included), and the
-    steady rate between the first and the last result (what the workers sustain once started)."""
-    bundle = load_data(config.data, config.split)
-    seen: list[tuple[float, int]] = []
+def _sweeps_program() -> list[str]:
+    script = Path(sys.executable).with_name("sweeps")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sweeps"]
+
+
+def bench_engine(overrides: list[str], cwd: Path) -> dict[str, Any]:
+    """This engine as a user runs it: `sweeps run --sweep-only --json`, wall time from spawn to exit."""
     start = time.perf_counter()
-    outcome = pipeline.sweep(config, bundle=bundle, on_progress=lambda p: seen.append((time.perf_counter(), p.done)))
+    done = subprocess.run([*_sweeps_program(), "run", "--sweep-only", "--json", "--quiet", *overrides],
+                          capture_output=True, text=True, cwd=cwd, check=False)
     wall = time.perf_counter() - start
-    assert len(outcome.records) == config.sweep.num_trials, outcome.status
-    (t0, d0), (t1, d1) = seen[0], seen[-1]
+    if done.returncode != 0:
+        raise RuntimeError(f"sweeps run failed ({done.returncode}): {done.stderr[-2000:]}")
+    summary = json.loads(done.stdout)
+    if summary["complete"] + summary["failed"] != summary["requested"]:
+        raise RuntimeError(f"not every trial was recorded: {summary['complete']} + {summary['failed']} of "
+                           f"{summary['requested']}")
+    phases = summary.get("phases") or {}
+    best = summary["best"][0]["metrics"]["rmse"] if len(summary["objectives"]) == 1 else None
     return {
-        "trials": len(outcome.records),
+        "trials": summary["trials"],
         "wall_s": wall,
-        "trials_per_s": len(outcome.records) / wall,
-        "startup_s": t0 - start,
-        "steady_trials_per_s": (d1 - d0) / (t1 - t0) if t1 > t0 else float("nan"),
+        "trials_per_s": summary["trials"] / wall,
+        "ray_ready_s": phases.get("ray_ready_s"),
+        "first_result_s": phases.get("first_result_s"),
+        "last_result_s": phases.get("last_result_s"),
+        "steady_trials_per_s": phases.get("steady_trials_per_s"),
+        "coordinator_ms_per_trial": phases.get("coordinator_ms_per_trial"),
+        "front_points": len(summary.get("front") or []),
+        "best_rmse": best,
     }
 
 
@@ -88,8 +106,8 @@ def _objective_for(prepared: PreparedSplit, config: Config) -> Any:
     return objective
 
 
-def bench_plain_optuna(config: Config, trials: int, mlflow_uri: str | None) -> dict[str, float]:
-    """Plain Optuna loop, TPE, in-process; optionally one synchronous MLflow run per trial."""
+def plain_optuna_loop(config: Config, trials: int, mlflow_uri: str | None) -> float:
+    """Plain Optuna loop, TPE, in-process; optionally one synchronous MLflow run per trial. Returns the best rmse."""
     bundle = load_data(config.data, config.split)
     prepared = prepare(bundle.split)
     objective = _objective_for(prepared, config)
@@ -108,10 +126,21 @@ def bench_plain_optuna(config: Config, trials: int, mlflow_uri: str | None) -> d
                 return value
 
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
-    start = time.perf_counter()
     study.optimize(objective, n_trials=trials)
+    return float(study.best_value)
+
+
+def bench_plain_optuna(overrides: list[str], trials: int, mlflow_uri: str | None, cwd: Path) -> dict[str, Any]:
+    """The plain loop as a whole command of its own (this script with --plain), from spawn to exit."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--plain", str(trials), *(["--plain-mlflow", mlflow_uri]
+               if mlflow_uri else []), "--plain-overrides", json.dumps(overrides)]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, check=False)
     wall = time.perf_counter() - start
-    return {"trials": trials, "wall_s": wall, "trials_per_s": trials / wall}
+    if done.returncode != 0:
+        raise RuntimeError(f"plain Optuna loop failed ({done.returncode}): {done.stderr[-2000:]}")
+    best = float(done.stdout.split()[-1])
+    return {"trials": trials, "wall_s": wall, "trials_per_s": trials / wall, "best_rmse": best}
 
 
 def bench_tune_defaults(config: Config, trials: int, storage: Path) -> dict[str, float]:
@@ -163,19 +192,65 @@ def bench_pure_fits(config: Config, fits: int) -> dict[str, float]:
     return {"trials": done, "wall_s": wall, "trials_per_s": done / wall}
 
 
+def _row(case: str, row: dict[str, Any]) -> str:
+    def cell(key: str, width: int, digits: int) -> str:
+        value = row.get(key)
+        return f"{value:>{width}.{digits}f}" if isinstance(value, int | float) else f"{'-':>{width}}"
+
+    return (f"{case:34} {row['trials']:>7.0f} {row['wall_s']:>7.1f} {row['trials_per_s']:>8.1f} "
+            f"{cell('ray_ready_s', 6, 1)} {cell('first_result_s', 6, 1)} {cell('last_result_s', 6, 1)} "
+            f"{cell('steady_trials_per_s', 8, 0)} {cell('coordinator_ms_per_trial', 7, 3)} {cell('best_rmse', 10, 7)}")
+
+
+def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    pure = results["pure_fits"]["trials_per_s"]
+    ratios = {
+        "plain Optuna wall / engine wall, 2k untracked (bar >= 2.5)":
+            results["plain_optuna"]["wall_s"] / results["engine"]["wall_s"],
+        "engine tracked wall / untracked wall (bar <= 1.15)":
+            results["engine_tracked"]["wall_s"] / results["engine"]["wall_s"],
+        "engine steady rate / pure fit rate, one objective (bar >= 0.7)":
+            (results["engine"]["steady_trials_per_s"] or 0.0) / pure,
+    }
+    if "plain_optuna_mlflow" in results:
+        ratios["plain Optuna + MLflow wall / engine tracked wall"] = (
+            results["plain_optuna_mlflow"]["wall_s"] / results["engine_tracked"]["wall_s"])
+    if "tune_defaults" in results:
+        ratios["engine / Tune+OptunaSearch defaults (per trial)"] = (
+            results["engine"]["trials_per_s"] / results["tune_defaults"]["trials_per_s"])
+    if "engine_10k_two_objectives" in results:
+        ratios["engine steady rate / pure fit rate, two objectives (bar >= 0.5)"] = (
+            (results["engine_10k_two_objectives"]["steady_trials_per_s"] or 0.0) / pure)
+        ratios["10k two objectives untracked wall s (bar < 20)"] = results["engine_10k_two_objectives"]["wall_s"]
+        ratios["10k two objectives tracked wall s (bar < 24)"] = results["engine_10k_two_objectives_tracked"]["wall_s"]
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data", default=os.environ.get("SWEEPS_DATA_PATH", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--trials", type=int, default=2000, help="trials for (a) and (b)")
-    parser.add_argument("--tune-trials", type=int, default=20, help="trials for (c), Tune at defaults")
-    parser.add_argument("--big", action="store_true", help="also the 10,000-trial two-objective sweep, tracked")
+    parser.add_argument("--tune-trials", type=int, default=20, help="trials for (c), Tune at defaults (0: skip)")
+    parser.add_argument("--big", action="store_true", help="also the 10,000-trial two-objective sweeps")
+    parser.add_argument("--no-mlflow-peer", action="store_true", help="skip the plain Optuna + MLflow loop (slow)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--plain", type=int, help=argparse.SUPPRESS)  # child mode: the plain loop, as a command
+    parser.add_argument("--plain-mlflow", help=argparse.SUPPRESS)
+    parser.add_argument("--plain-overrides", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.plain is not None:
+        config = load_config(CONFIG_DIR / "wine.yaml", json.loads(args.plain_overrides))
+        print(plain_optuna_loop(config, args.plain, args.plain_mlflow))
+        return
 
     work = Path(tempfile.mkdtemp(prefix="sweeps-bench-"))
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    single = "[{metric: rmse}]"
-    results: dict[str, dict[str, float]] = {}
+    single, two = "[{metric: rmse}]", "[{metric: rmse}, {metric: nonzero_coefs}]"
+    results: dict[str, dict[str, Any]] = {}
+
+    def overrides(trials: int, objectives: str, tracking: bool, name: str) -> list[str]:
+        return _overrides(args.data, work / "state", uri, trials, objectives, tracking, name)
+
     try:
         from mlflow import MlflowClient
 
@@ -185,44 +260,33 @@ def main() -> None:
         print(_machine(), flush=True)
         base = _config(args.data, work / "state", uri, args.trials, single, False, "bench-off")
         results["pure_fits"] = bench_pure_fits(base, 4000)
-        results["plain_optuna"] = bench_plain_optuna(base, args.trials, None)
-        # Warm-up, not recorded: the first Ray start in a process pays one-off costs (imports,
-        # cold caches) that would otherwise land on whichever engine case runs first.
-        bench_engine(_config(args.data, work / "state", uri, 100, single, False, "bench-warmup"))
-        results["engine"] = bench_engine(base)
-        results["engine_tracked"] = bench_engine(
-            _config(args.data, work / "state", uri, args.trials, single, True, "bench-on")
-        )
-        results["plain_optuna_mlflow"] = bench_plain_optuna(base, args.trials, f"sqlite:///{work / 'plain.db'}")
-        results["tune_defaults"] = bench_tune_defaults(base, args.tune_trials, work / "tune")
+        results["plain_optuna"] = bench_plain_optuna(overrides(args.trials, single, False, "plain"), args.trials,
+                                                     None, work)
+        # Warm-up, not recorded: the first Ray start on a machine pays one-off costs (cold file
+        # caches) that would otherwise land on whichever engine case runs first.
+        bench_engine(overrides(100, single, False, "bench-warmup"), work)
+        results["engine"] = bench_engine(overrides(args.trials, single, False, "bench-off"), work)
+        results["engine_tracked"] = bench_engine(overrides(args.trials, single, True, "bench-on"), work)
+        if not args.no_mlflow_peer:
+            results["plain_optuna_mlflow"] = bench_plain_optuna(
+                overrides(args.trials, single, False, "plain-mlflow"), args.trials, f"sqlite:///{work / 'plain.db'}",
+                work)
+        if args.tune_trials:
+            results["tune_defaults"] = bench_tune_defaults(base, args.tune_trials, work / "tune")
         if args.big:
-            two = "[{metric: rmse}, {metric: nonzero_coefs}]"
+            results["engine_10k_two_objectives"] = bench_engine(overrides(10_000, two, False, "bench-big-off"), work)
             results["engine_10k_two_objectives_tracked"] = bench_engine(
-                _config(args.data, work / "state", uri, 10_000, two, True, "bench-big")
-            )
-            results["engine_10k_two_objectives"] = bench_engine(
-                _config(args.data, work / "state", uri, 10_000, two, False, "bench-big-off")
-            )
+                overrides(10_000, two, True, "bench-big"), work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{'case':38} {'trials':>7} {'wall s':>8} {'trials/s':>9} {'start-up s':>10} {'steady/s':>9}")
+    print(f"{'case':34} {'trials':>7} {'wall s':>7} {'trials/s':>8} {'ray':>6} {'first':>6} {'last':>6} "
+          f"{'steady/s':>8} {'coord ms':>7} {'best rmse':>10}")
     for case, row in results.items():
-        print(
-            f"{case:38} {row['trials']:>7.0f} {row['wall_s']:>8.1f} {row['trials_per_s']:>9.1f} "
-            f"{row.get('startup_s', float('nan')):>10.1f} {row.get('steady_trials_per_s', float('nan')):>9.1f}"
-        )
-    rate = {k: v["trials_per_s"] for k, v in results.items()}
-    ratios = {
-        "engine steady / plain Optuna (bar >= 1.5)": results["engine"]["steady_trials_per_s"] / rate["plain_optuna"],
-        "engine incl. start-up / plain Optuna": rate["engine"] / rate["plain_optuna"],
-        "tracked wall / untracked wall (bar <= 1.3)": results["engine_tracked"]["wall_s"] / results["engine"]["wall_s"],
-        "tracked engine / plain Optuna + MLflow (bar >= 2)": rate["engine_tracked"] / rate["plain_optuna_mlflow"],
-        "engine / Tune+OptunaSearch defaults (per trial)": rate["engine"] / rate["tune_defaults"],
-        "engine / pure fit rate": rate["engine"] / rate["pure_fits"],
-    }
+        print(_row(case, row))
+    ratios = _ratios(results)
     for label, value in ratios.items():
-        print(f"{label:55} {value:8.2f}x")
+        print(f"{label:66} {value:8.2f}")
     if args.json:
         args.json.write_text(json.dumps({"machine": _machine(), "results": results, "ratios": ratios}, indent=2))
 

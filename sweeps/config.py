@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from sweeps.errors import ConfigError
 from sweeps.safe_yaml import parse_yaml
-from training.objective import PARAM_CONSTRAINTS
+from training.params import PARAM_CONSTRAINTS
 
 __all__ = [
     "CONFIG_DIR",
@@ -262,7 +262,9 @@ class SweepConfig(_Strict):
     num_trials: int = Field(1000, ge=1, le=10**9)
     concurrency: int = Field(2, ge=1, le=10_000, description="Tune workers running at once.")
     batch_size: int = Field(
-        64, ge=1, le=10_000, description="Configs evaluated per Tune trial: asked from Optuna and told back together."
+        64, ge=1, le=10_000,
+        description="Most configs leased to a worker at once: asked from Optuna and told back together; fewer "
+        "while the sweep is young (at most 1/32 of the trials finished, at least 4).",
     )
     tpe_window: int = Field(
         1000, ge=10, description="TPE learns from at most this many recent trials, bounding ask cost."

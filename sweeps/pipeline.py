@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sweeps.config import Config, SweepConfig
 from sweeps.dataset import DataBundle, load_data
 from sweeps.sweep.engine import Progress, SweepOutcome, resolve_sweep_name, run_sweep
+from sweeps.sweep.launch import RayStart, early_start
 
 if TYPE_CHECKING:  # MLflow-heavy modules stay out of the import until selection runs
     from sweeps.registry.promotion import SelectionReport
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # MLflow-heavy modules stay out of the import until selection
 __all__ = [
     "PipelineResult",
     "Progress",
+    "begin",
     "champion_of",
     "champion_payload",
     "run",
@@ -55,29 +57,52 @@ class PipelineResult:
         return payload
 
 
+# Stores that a preflight asks before Ray starts (a local SQLite file or folder has nothing to ask).
+_REMOTE_STORES = ("http://", "https://", "postgresql", "mysql", "mssql")
+
+
+def begin(config: Config, address: str | None = None) -> RayStart | None:
+    """Ask a remote tracking store whether it answers, then begin Ray's start (None: the sweep looks done).
+
+    `TrackingUnavailable` (exit 2) in seconds, not the minutes MLflow's client would retry, before
+    Ray or any trial starts.
+    """
+    if config.tracking.enabled and config.tracking.resolved_uri.startswith(_REMOTE_STORES):
+        from sweeps.tracking.preflight import check_reachable
+
+        check_reachable(config.tracking.resolved_uri)
+    return early_start(config, address)
+
+
 def sweep(
     config: Config,
     *,
     address: str | None = None,
     on_progress: ProgressCallback | None = None,
     bundle: DataBundle | None = None,
+    ray_start: RayStart | None = None,
 ) -> SweepOutcome:
     """Run (or resume) the sweep, every trial tracked in MLflow unless `tracking.enabled` is false.
 
-    A tracking store that does not answer fails here (`TrackingUnavailable`, exit 2), before Ray starts.
+    Bad data, and a tracking server or database that does not answer (`TrackingUnavailable`),
+    fail here (exit 2) before Ray starts. Ray's start then runs while MLflow is imported, the
+    journal read and Tune set up (`sweeps.sweep.launch`); `ray_start` is one the caller began.
     """
+    # The data is checked before Ray starts: a bad file fails in a second, not after Ray's start.
     bundle = bundle or load_data(config.data, config.split)
-    callbacks = []
-    if config.tracking.enabled:
-        from sweeps.report.document import write_report
-        from sweeps.tracking.preflight import check_reachable
-        from sweeps.tracking.sweep_runs import SweepTracker
+    starting = ray_start or begin(config, address)
+    try:
+        callbacks = []
+        if config.tracking.enabled:
+            from sweeps.report.document import write_report
+            from sweeps.tracking.sweep_runs import SweepTracker
 
-        # Seconds, not the minutes MLflow's client would retry, before Ray or any trial starts.
-        check_reachable(config.tracking.resolved_uri)
-
-        callbacks.append(SweepTracker(config, bundle, resolve_sweep_name(config), artifacts=write_report))
-    return run_sweep(config, address=address, callbacks=callbacks, on_progress=on_progress, bundle=bundle)
+            callbacks.append(SweepTracker(config, bundle, resolve_sweep_name(config), artifacts=write_report))
+        return run_sweep(config, address=address, callbacks=callbacks, on_progress=on_progress, bundle=bundle,
+                         ray_start=starting)
+    finally:
+        if starting is not None:
+            starting.stop()  # a start the sweep did not use (an error before it); once stopped, stays so
 
 
 def champion_of(tracking_uri: str, name: str) -> VersionInfo | None:

@@ -13,6 +13,12 @@ Four assumptions about Optuna 5.0 that its public API does not promise:
 - A study caches its trials for the samplers in `Study._thread_local.cached_all_trials`, and only
   its own `ask` and `tell` drop that cache: a study fed by `add_trial` alone (the windowed
   sampler's shadow) keeps serving TPE the trials of its first ask. The caching sampler drops it.
+- A fitted `_ParzenEstimator` holds `_mixture_distribution`, a mixture of product distributions
+  whose continuous parts are `_BatchedTruncNormDistributions` / `_BatchedTruncLogNormDistributions`
+  (`mu`, `sigma`, `adapted_low`, `adapted_high`, `is_log`). Its `log_pdf` computes each kernel's
+  truncation mass once per candidate; `_CompiledMixture` computes it once per fit (the same
+  formula, to rounding), a fifth of the ask's cost at a window of 1,000. Any other kind of
+  distribution (integer, categorical) keeps Optuna's own `log_pdf`.
 
 Outside `TESTED_OPTUNA` the first two fall back, with one warning, to plain `TPESampler` and to
 the storage's own scan, and the fourth to a new `Study` over the same storage (public API, about
@@ -21,9 +27,10 @@ the storage's own scan, and the fourth to a new `Study` over the same storage (p
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.samplers import TPESampler
@@ -53,6 +60,8 @@ class BatchTPESampler(TPESampler):
     """A TPESampler with an `invalidate` hook; this class itself is plain TPE (the public fallback)."""
 
     caches_estimators = False
+    running: Sequence[FrozenTrial] = ()
+    """Trials asked and not told yet, counted among the bad ones (a constant liar); plain TPE ignores them."""
 
     def invalidate(self) -> None:
         """Forget what was fitted on the history; call after every tell. Plain TPE keeps nothing."""
@@ -67,19 +76,77 @@ class BatchTPESampler(TPESampler):
         return optuna.load_study(study_name=study.study_name, storage=storage, sampler=self)
 
 
+class _CompiledMixture:
+    """`_ParzenEstimator.log_pdf` for continuous search spaces, with each kernel's normaliser computed once.
+
+    Optuna's `log_pdf` broadcasts the truncation mass of every kernel over every candidate; here
+    the kernel constants (weight, mass, scale) are summed once per fit and each candidate costs
+    one squared distance per kernel and dimension. `usable` is False when the estimator holds
+    another kind of distribution: the caller then keeps Optuna's own `log_pdf`.
+    """
+
+    def __init__(self, estimator: Any) -> None:
+        from optuna.samplers._tpe import _truncnorm
+        from optuna.samplers._tpe.probability_distributions import (
+            _BatchedTruncLogNormDistributions,
+            _BatchedTruncNormDistributions,
+        )
+
+        mixture: Any = getattr(estimator, "_mixture_distribution", None)
+        names = list(getattr(estimator, "_search_space", {}))
+        dists = list(getattr(mixture, "distributions", []))
+        continuous = (_BatchedTruncNormDistributions, _BatchedTruncLogNormDistributions)
+        self.usable = bool(dists) and len(dists) == len(names) and all(isinstance(d, continuous) for d in dists)
+        if not self.usable:
+            return
+        self._names, self._is_log = names, [bool(d.is_log) for d in dists]
+        self._mu = np.stack([np.asarray(d.mu, dtype=float) for d in dists], axis=1)  # (kernels, dims)
+        sigma = np.stack([np.asarray(d.sigma, dtype=float) for d in dists], axis=1)
+        self._inv_sigma = 1.0 / sigma
+        self._low = np.array([d.adapted_low for d in dists], dtype=float)
+        self._high = np.array([d.adapted_high for d in dists], dtype=float)
+        mass = _truncnorm._log_gauss_mass((self._low - self._mu) * self._inv_sigma,
+                                          (self._high - self._mu) * self._inv_sigma)
+        with np.errstate(divide="ignore"):  # a zero weight is a kernel that never counts: log 0 = -inf
+            self._const = np.log(mixture.weights) - (0.5 * np.log(2 * np.pi) + mass + np.log(sigma)).sum(axis=1)
+
+    def log_pdf(self, samples: dict[str, np.ndarray]) -> np.ndarray:
+        """The mixture's log density at each candidate (rows of `samples`, in internal representation)."""
+        x = np.stack([np.log(samples[n]) if log else np.asarray(samples[n], dtype=float)
+                      for n, log in zip(self._names, self._is_log, strict=True)], axis=1)
+        squared = np.zeros((len(x), len(self._const)))
+        for d in range(x.shape[1]):
+            z = (x[:, d, None] - self._mu[None, :, d]) * self._inv_sigma[None, :, d]
+            squared += z * z
+        weighted = self._const[None, :] - 0.5 * squared
+        top = weighted.max(axis=1)
+        top[np.isneginf(top)] = 0.0
+        with np.errstate(divide="ignore"):
+            out = np.log(np.exp(weighted - top[:, None]).sum(axis=1)) + top
+        out[((x < self._low) | (x > self._high)).any(axis=1)] = -np.inf
+        return np.asarray(out)
+
+
+def _log_pdf(estimator: Any) -> Any:
+    """The fastest exact `log_pdf` of a fitted estimator: compiled when its space is continuous."""
+    compiled = _CompiledMixture(estimator)
+    return compiled.log_pdf if compiled.usable else estimator.log_pdf
+
+
 class _CachingTPESampler(BatchTPESampler):
     """TPE that fits its Parzen estimators once per history state, not once per ask.
 
     Each ask still draws its own candidates and picks its own best by the acquisition function.
     Meant for a study holding only COMPLETE trials and `constant_liar=False` (the windowed
-    sampler's shadow study); there it asks exactly what plain `TPESampler._sample` would.
+    sampler's shadow study); there it asks exactly what plain `TPESampler._sample` would, and
+    with `running` set, what it would with `constant_liar=True` and those trials RUNNING.
     """
 
     caches_estimators = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._estimators: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._estimators: dict[tuple[str, ...], tuple[Any, Any, Any]] = {}
 
     def invalidate(self) -> None:
         self._estimators.clear()
@@ -100,14 +167,15 @@ class _CachingTPESampler(BatchTPESampler):
             trials = study._get_trials(deepcopy=False, states=_FINISHED_FOR_TPE, use_cache=True)
             if self._gamma is None:
                 self._gamma = default_gamma if len(study.directions) <= 1 else default_gamma_multiobjective
-            below, above = _split_trials(study, trials, self._gamma(len(trials)))
-            self._estimators[key] = (
-                self._build_parzen_estimator(study, search_space, below, handle_below=True),
-                self._build_parzen_estimator(study, search_space, above, handle_below=False),
-            )
-        mpe_below, mpe_above = self._estimators[key]
+            # As TPESampler._sample with constant_liar: RUNNING trials go with the bad ones, and do not count.
+            below, above = _split_trials(study, [*trials, *self.running], self._gamma(len(trials)))
+            mpe_below = self._build_parzen_estimator(study, search_space, below, handle_below=True)
+            mpe_above = self._build_parzen_estimator(study, search_space, above, handle_below=False)
+            self._estimators[key] = (mpe_below, _log_pdf(mpe_below), _log_pdf(mpe_above))
+        mpe_below, below_log_pdf, above_log_pdf = self._estimators[key]
         samples = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
-        chosen = TPESampler._compare(samples, self._compute_acquisition_func(samples, mpe_below, mpe_above))
+        # TPESampler._compute_acquisition_func, with the compiled densities.
+        chosen = TPESampler._compare(samples, below_log_pdf(samples) - above_log_pdf(samples))
         return {name: dist.to_external_repr(chosen[name]) for name, dist in search_space.items()}
 
 

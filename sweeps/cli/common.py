@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -94,6 +95,9 @@ def _root(
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    # MLflow prints "View run ... at: URL" to stdout when a run on a tracking server ends, which
+    # would break --json output; the commands name their runs themselves. The environment may say otherwise.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

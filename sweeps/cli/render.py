@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from sweeps.cli.common import console, program
-from training.objective import METRICS
+from training.params import METRICS
 
 if TYPE_CHECKING:
     from sweeps.records import TrialRecord

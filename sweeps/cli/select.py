@@ -21,7 +21,7 @@ from sweeps.cli.common import (
     print_json,
 )
 from sweeps.cli.render import cell, metrics_text, render_champion, render_selection
-from training.objective import METRICS
+from training.params import METRICS
 
 if TYPE_CHECKING:
     from sweeps.registry.lineage import Lineage, Link

@@ -1,9 +1,14 @@
 """`sweeps predict` end to end: refuse early, score on Ray Data, count every row, publish, record.
 
-1. Before any work: the model URI, the version, its signature, the input's columns (a missing
-   feature column names the column and the file) and the output paths. Milliseconds; nothing
-   is written and Ray is not started if any of them is wrong.
-2. While Ray starts, one pass over the input's bytes hashes it and cuts it into fragments.
+1. Before any work: the model URI, the version, its lineage tags, its signature (read from its
+   MLmodel file alone), the input's columns (a missing feature column names the column and the
+   file) and the output paths. A second or so; nothing is written and Ray is not started if any
+   of them is wrong.
+2. Then three things at once, as they take seconds each and need nothing of each other: Ray
+   starts (this thread); the model is loaded under the endpoint's trust rules (a thread: most
+   of it is importing skops and scikit-learn); one pass over the input's bytes hashes it and
+   cuts it into fragments (a thread: hashing and reads release the GIL). A model the trust
+   rules refuse stops the job there, and a Ray this command started is stopped.
 3. The MLflow run (kind `batch-scoring`) is created; its id and the model's identity go into
    every output file's metadata.
 4. The Ray Data pipeline (`source.run_pipeline`) writes part files to a staging folder; each
@@ -16,26 +21,33 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import mlflow
 import pyarrow as pa
+import yaml
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
 from sweeps.errors import PROJECT_ERRORS, RunFailed, UsageError
 from sweeps.registry.versions import parse_model_uri, resolve_version
 from sweeps.scoring.batch import BadRows, BlockSpec, FragmentCount, RowCounts, account
 from sweeps.scoring.output import BlockWriter, OutputTarget, discard, plan_output, publish, seal
-from sweeps.scoring.reader import InputLayout, InputPlan, inspect_input, plan_input
+from sweeps.scoring.reader import InputPlan, inspect_input, plan_input
 from sweeps.scoring.runs import BatchRun, end_batch_run, start_batch_run, training_run
-from sweeps.serving.model import load_served_model
-from sweeps.serving.trust import ModelTrust
+from sweeps.serving.model import ServedModel, load_served_model
+from sweeps.serving.trust import MAX_MLMODEL_BYTES, MLMODEL, ModelTrust, check_lineage
 from sweeps.tracking.names import (
     TAG_BAD_ROWS,
     TAG_BATCH_RUN,
@@ -49,9 +61,11 @@ from sweeps.tracking.names import (
     TAG_TRAINING_RUN,
 )
 
-__all__ = ["PredictProgress", "PredictRequest", "PredictResult", "predict"]
+__all__ = ["PredictProgress", "PredictRequest", "PredictResult", "connect_ray", "predict"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -108,7 +122,7 @@ class PredictResult:
         return asdict(self) | {"rows_per_s": self.rows_per_s}
 
 
-def _connect_ray(address: str | None) -> bool:
+def connect_ray(address: str | None) -> bool:
     """Connect to (or start) Ray as a sweep does; True when this call started it."""
     import ray
 
@@ -176,30 +190,67 @@ def _project_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _plan_in_background(layout: InputLayout, fragment_bytes: int) -> Callable[[], InputPlan]:
-    """Hash and cut the input in a thread (hashing and reads release the GIL) while Ray starts."""
+def _in_background(name: str, work: Callable[[], T], nice: bool = False) -> Callable[[], T]:
+    """Run `work` in a thread now; the returned function waits for it and returns (or raises) its outcome."""
     result: dict[str, Any] = {}
 
-    def work() -> None:
+    def run() -> None:
         try:
-            # Ray gives its raylet 30 s to start: on a busy machine, hashing must not be what delays it.
-            with contextlib.suppress(OSError, AttributeError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-            result["plan"] = plan_input(layout, fragment_bytes)
+            if nice:  # Ray gives its raylet 30 s to start: on a busy machine, hashing must not be what delays it
+                with contextlib.suppress(OSError, AttributeError):
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            result["value"] = work()
         except BaseException as exc:  # handed to the caller, who re-raises it
             result["error"] = exc
 
-    thread = threading.Thread(target=work, name="sweeps-plan", daemon=True)
+    thread = threading.Thread(target=run, name=f"sweeps-{name}", daemon=True)
     thread.start()
 
-    def wait() -> InputPlan:
+    def wait() -> T:
         thread.join()
         if "error" in result:
             raise result["error"]
-        plan: InputPlan = result["plan"]
-        return plan
+        value: T = result["value"]
+        return value
 
     return wait
+
+
+def _ready(value: T) -> Callable[[], T]:
+    return lambda: value
+
+
+def _model_columns(client: MlflowClient, tracking_uri: str, version: ModelVersion) -> tuple[str, ...] | None:
+    """The version's input column names from its MLmodel file alone (no model file is read), or None.
+
+    None when the file is missing, too large or has no named signature: the full load then
+    comes first and gives the endpoint's own refusal.
+    """
+    location = client.get_model_version_download_uri(version.name, str(version.version))
+    with tempfile.TemporaryDirectory(prefix="sweeps-predict-") as tmp:
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{location.rstrip('/')}/{MLMODEL}", dst_path=tmp, tracking_uri=tracking_uri
+                )
+            )
+            if local.is_symlink() or not local.is_file() or local.stat().st_size > MAX_MLMODEL_BYTES:
+                return None
+            schema = Model.load(str(local)).get_input_schema()
+        except (MlflowException, OSError, ValueError, yaml.YAMLError):
+            return None
+    if schema is None or not schema.has_input_names():
+        return None
+    return tuple(schema.input_names())
+
+
+def _load_model(
+    client: MlflowClient, tracking_uri: str, version: ModelVersion, trust: ModelTrust | None
+) -> ServedModel:
+    model = load_served_model(client, tracking_uri, version, trust)
+    import sweeps.scoring.source  # noqa: F401  (Ray Data's import, off the critical path)
+
+    return model
 
 
 def predict(
@@ -218,15 +269,33 @@ def predict(
     version = resolve_version(client, parse_model_uri(request.model_uri))
     say(PredictProgress(f"loading {version.name} version {version.version}"))
     training = training_run(client, version)  # the run the job's MLflow run will link to
-    model = load_served_model(client, tracking_uri, version, trust)
-    layout = inspect_input(request.input, model.columns)
+    check_lineage(version, trust or ModelTrust())  # the endpoint's first refusal, from tags alone
+    columns = _model_columns(client, tracking_uri, version)
+    loaded: ServedModel | None = None
+    if columns is None:  # no readable signature: the full load refuses the version (or finds the columns)
+        loaded = load_served_model(client, tracking_uri, version, trust)
+        columns = loaded.columns
+    layout = inspect_input(request.input, columns)
     target = plan_output(request.output, request.errors, request.bad_rows, request.overwrite, request.input)
-    say(PredictProgress(f"reading {len(layout.files)} file(s) and starting Ray"))
-    wait_for_plan = _plan_in_background(layout, request.fragment_bytes)
+    say(PredictProgress(f"reading {len(layout.files)} file(s), loading the model and starting Ray"))
+    wait_for_plan = _in_background("plan", functools.partial(plan_input, layout, request.fragment_bytes), nice=True)
+    wait_for_model = (
+        _in_background("model", functools.partial(_load_model, client, tracking_uri, version, trust))
+        if loaded is None
+        else _ready(loaded)
+    )
     owns_ray = False
     try:
-        owns_ray = _connect_ray(request.address)
-        plan = wait_for_plan()
+        try:
+            owns_ray = connect_ray(request.address)
+        finally:
+            model = wait_for_model()  # joined on every path: no thread outlives the call
+            plan = wait_for_plan()
+        if model.columns != columns:
+            raise RunFailed(
+                f"Model {version.name!r} version {version.version}: its MLmodel file named the columns {list(columns)} "
+                f"but the loaded model has {list(model.columns)}; was the version's model replaced meanwhile?"
+            )
         if request.address or os.environ.get("RAY_ADDRESS"):
             _check_shared([layout.root.absolute(), target.output.parent])
         tags = {

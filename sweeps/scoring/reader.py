@@ -316,22 +316,22 @@ def plan_input(layout: InputLayout, fragment_bytes: int = 16 << 20) -> InputPlan
 
 
 def _plan_csv(index: int, file: InputFile, target: int, fragments: list[Fragment]) -> str:
+    """Cut after the last line end of each chunk read: the bytes are hashed and counted once, never copied."""
     hasher = hashlib.sha256()
     with file.path.open("rb") as handle:
         hasher.update(handle.read(file.data_start))
-        offset, line, pending = file.data_start, 2, b""
+        start = position = file.data_start  # start: the first byte of the fragment being built
+        line = 2
         while chunk := handle.read(target):
             hasher.update(chunk)
-            buffer = pending + chunk
-            cut = buffer.rfind(b"\n") + 1
-            if cut == 0:  # a line longer than a fragment: keep reading
-                pending = buffer
-                continue
-            lines = buffer.count(b"\n", 0, cut)
-            fragments.append(Fragment(len(fragments), index, offset, offset + cut, line, lines))
-            offset, line, pending = offset + cut, line + lines, buffer[cut:]
-        if pending:  # a last line without a line end
-            fragments.append(Fragment(len(fragments), index, offset, offset + len(pending), line, 1))
+            lines = chunk.count(b"\n")
+            if lines:  # else a line longer than a fragment: keep reading
+                cut = position + chunk.rfind(b"\n") + 1
+                fragments.append(Fragment(len(fragments), index, start, cut, line, lines))
+                start, line = cut, line + lines
+            position += len(chunk)
+        if position > start:  # a last line without a line end
+            fragments.append(Fragment(len(fragments), index, start, position, line, 1))
     return hasher.hexdigest()
 
 

@@ -1,8 +1,10 @@
 """The sweep coordinator: owns the Optuna study, leases batches of configs to workers, takes results.
 
 It runs as one Ray actor on the driver's node. Workers (long-lived Tune trials) call
-`next_batch` with the results of their last batch and get the next one: one round trip per
-batch, so asks always see every result told so far, and no Tune trial is created per config.
+`next_batch` with the results of their last batch and get another one: one round trip per
+batch, and no Tune trial is created per config. Each worker keeps one lease ahead of the batch
+it fits (`sweeps.sweep.workers.run_worker`), so the tells and asks of a round trip happen while
+the worker fits, not between its batches; asks see every result told so far.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sweeps._compat.optuna_tpe import running_trial
 from sweeps.config import Config
 from sweeps.records import TrialRecord
 from sweeps.sweep.sampler import batch_limit, make_sampler
+from sweeps.sweep.snapshot import TableWriter, read_table, row_of
 from sweeps.sweep.space import distributions
 from sweeps.sweep.state import SweepState
 
@@ -70,7 +73,11 @@ class Coordinator:
         sweep = self.config.sweep
         self.dists = distributions(sweep)
         self.metrics = [o.metric for o in sweep.objectives]
-        storage, self.journal = SweepState(Path(root), name).writer()
+        state = SweepState(Path(root), name)
+        storage, self.journal = state.writer()
+        # Read before anything is written: whether the trial table still describes the journal.
+        table_fresh = read_table(state.folder, state.journal) is not None
+        self.table = TableWriter(state.folder, state.journal)
         sampler = make_sampler(sweep.sampler, len(sweep.objectives), sweep.seed, sweep.tpe_window, self.dists)
         self.study = optuna.create_study(
             study_name=name,
@@ -85,10 +92,29 @@ class Coordinator:
         self.pending: deque[FrozenTrial] = deque(t for t in trials if t.state == TrialState.RUNNING)
         finished = sum(t.state.is_finished() for t in trials)
         self.to_ask = max(0, sweep.num_trials - finished - len(self.pending))
-        self.leases: dict[str, dict[int, optuna.Trial]] = {}
+        # Per worker, what it holds: each trial with the params it was leased with.
+        self.leases: dict[str, dict[int, tuple[optuna.Trial, dict[str, Any]]]] = {}
         self.told = 0
+        self.busy_s = self.cpu_s = 0.0  # spent in next_batch (tells, asks, journal): the per-trial cost
         self.finished_before = finished
         self.journal.flush()
+        if table_fresh:
+            self.table.append(self._running())
+        else:  # absent, or left behind by a driver that stopped between the two writes: rebuilt
+            self.table.rewrite(
+                (row_of(t.number, "COMPLETE" if t.state == TrialState.COMPLETE else "FAIL", dict(t.params),
+                        t.user_attrs.get(RESULT_ATTR, {})) for t in trials if t.state.is_finished()),
+                self._running(),
+            )
+
+    def _running(self) -> int:
+        """Trials RUNNING in the journal: leased now, or left so by a previous driver and not leased yet."""
+        return len(self.pending) + sum(len(lease) for lease in self.leases.values())
+
+    def _flush(self) -> None:
+        """Write the journal's buffer, then the table's rows for it."""
+        if self.journal.flush():
+            self.table.append(self._running())
 
     def remaining(self) -> int:
         """Configs not yet leased."""
@@ -99,25 +125,30 @@ class Coordinator:
 
         A worker that was restarted (its process died) gets its unfinished lease again first.
         """
+        began, cpu = time.perf_counter(), time.thread_time()
         for result in results:
             self._tell(worker, result)
         lease = self.leases.setdefault(worker, {})
         if restart and lease:
-            batch = [{"number": n, "params": dict(t.params)} for n, t in sorted(lease.items())]
+            batch = [{"number": n, "params": dict(params)} for n, (_, params) in sorted(lease.items())]
         else:
             batch = self._lease(worker)
-        self.journal.flush()
+        # Written before the reply: no worker ever evaluates a config the journal does not hold yet.
+        self._flush()
+        self.busy_s += time.perf_counter() - began
+        self.cpu_s += time.thread_time() - cpu
         return batch
 
     def _lease(self, worker: str) -> list[dict[str, Any]]:
         if self.deadline is not None and time.time() >= self.deadline:
             return []
         sweep = self.config.sweep
-        # Near the end, split what is left evenly so every worker stays busy to the last trial; near
-        # the start, ask less from a sampler that has learned from few trials (sampler.batch_limit).
+        # Near the end, split what is left evenly so every worker stays busy to the last trial (each
+        # holds two leases: the batch it fits and the one ahead); near the start, ask less from a
+        # sampler that has learned from few trials (sampler.batch_limit).
         size = min(
             sweep.batch_size,
-            max(1, math.ceil(self.remaining() / sweep.concurrency)),
+            max(1, math.ceil(self.remaining() / (2 * sweep.concurrency))),
             batch_limit(self.finished_before + self.told),
         )
         lease = self.leases[worker]
@@ -125,42 +156,51 @@ class Coordinator:
         while self.pending and len(batch) < size:
             frozen = self.pending.popleft()
             trial = running_trial(self.study, frozen)
-            lease[frozen.number] = trial
-            batch.append({"number": frozen.number, "params": _all_params(trial, frozen, self.dists)})
+            params = _all_params(trial, frozen, self.dists)
+            lease[frozen.number] = (trial, params)
+            batch.append({"number": frozen.number, "params": dict(params)})
         while self.to_ask and len(batch) < size:
             trial = self.study.ask(fixed_distributions=self.dists)
             self.to_ask -= 1
-            lease[trial.number] = trial
-            batch.append({"number": trial.number, "params": dict(trial.params)})
+            params = dict(trial.params)
+            lease[trial.number] = (trial, params)
+            batch.append({"number": trial.number, "params": dict(params)})
         return batch
 
     def _tell(self, worker: str, result: dict[str, Any]) -> None:
-        trial = self.leases.get(worker, {}).pop(int(result["number"]), None)
-        if trial is None:  # already told (a duplicate delivery): the first result stands
+        leased = self.leases.get(worker, {}).pop(int(result["number"]), None)
+        if leased is None:  # already told (a duplicate delivery): the first result stands
             return
-        trial.set_user_attr(RESULT_ATTR, record_attrs(result))
+        trial, params = leased
+        attrs = record_attrs(result)
+        trial.set_user_attr(RESULT_ATTR, attrs)
         record = TrialRecord(self.name, trial.number, {}, result.get("metrics") or {}, result["state"])
         if record.is_usable(self.metrics):
             self.study.tell(trial, [record.metrics[m] for m in self.metrics])
+            self.table.add(row_of(trial.number, "COMPLETE", params, attrs))
         else:
             # Told explicitly as FAIL: Tune's OptunaSearch would only warn and let the trial vanish.
             self.study.tell(trial, state=TrialState.FAIL)
+            self.table.add(row_of(trial.number, "FAIL", params, attrs))
         self.told += 1
 
     def abandon(self, worker: str, reason: str) -> int:
         """Fail the lease of a worker that died past its retries; returns how many trials failed."""
         lease = self.leases.pop(worker, {})
         for number in sorted(lease):
-            self._tell_failed(lease[number], worker, reason)
-        self.journal.flush()
+            self._tell_failed(*lease[number], worker, reason)
+        self._flush()
         return len(lease)
 
-    def _tell_failed(self, trial: optuna.Trial, worker: str, reason: str) -> None:
-        trial.set_user_attr(RESULT_ATTR, record_attrs({"error": reason, "worker": worker}))
+    def _tell_failed(self, trial: optuna.Trial, params: dict[str, Any], worker: str, reason: str) -> None:
+        attrs = record_attrs({"error": reason, "worker": worker})
+        trial.set_user_attr(RESULT_ATTR, attrs)
         self.study.tell(trial, state=TrialState.FAIL)
+        self.table.add(row_of(trial.number, "FAIL", params, attrs))
         self.told += 1
 
-    def close(self) -> int:
-        """Flush the journal; returns how many results were told in this run."""
-        self.journal.flush()
-        return self.told
+    def close(self) -> dict[str, float]:
+        """Flush the journal (and the trial table); returns how many results were told in this run and the
+        time spent telling and asking them (`busy_s` wall, `cpu_s` CPU)."""
+        self._flush()
+        return {"told": self.told, "busy_s": self.busy_s, "cpu_s": self.cpu_s}

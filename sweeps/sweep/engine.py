@@ -8,8 +8,6 @@ truth for resume, and asks for the next batch see every result told so far.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import signal
@@ -19,22 +17,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.config import Config, config_origin
-from sweeps.dataset import DataBundle, load_data
 from sweeps.errors import UsageError
-from sweeps.interrupts import checkpoint, deferred
+from sweeps.interrupts import checkpoint
 from sweeps.pareto import FrontPoint, distinct_front, pareto_numbers
 from sweeps.records import TrialRecord
 from sweeps.records import TrialState as TrialState_
 from sweeps.sweep.coordinator import RESULT_ATTR
 from sweeps.sweep.journal import has_records
+from sweeps.sweep.launch import RayStart, process_started, sweep_name
+from sweeps.sweep.snapshot import read_table
 from sweeps.sweep.state import SweepState
-from training.objective import Metrics, PreparedSplit, evaluate, prepare
+
+if TYPE_CHECKING:  # scikit-learn and pandas load only where a sweep runs: `sweeps show` needs neither
+    from sweeps.dataset import DataBundle
+    from training.objective import Metrics, PreparedSplit
 
 __all__ = [
     "Objective",
@@ -49,7 +51,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Objective = Callable[[Any, PreparedSplit, int], Metrics]
+Objective = Callable[[Any, "PreparedSplit", int], "Metrics"]
 # Set before Ray Tune is imported: per-trial JSON/CSV/TensorBoard loggers cost more than a fit.
 _TUNE_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
@@ -145,11 +147,7 @@ class SweepOutcome:
 
 def resolve_sweep_name(config: Config) -> str:
     """The configured name, or one derived from the config so the same command resumes."""
-    if config.sweep.name:
-        return config.sweep.name
-    payload = config.model_dump(mode="json", exclude={"serve": True, "tracking": {"uri"}})
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
-    return f"sweep-{digest}"
+    return sweep_name(config)
 
 
 def record_from_trial(sweep: str, trial: FrozenTrial) -> TrialRecord:
@@ -172,53 +170,95 @@ def record_from_trial(sweep: str, trial: FrozenTrial) -> TrialRecord:
 
 
 class _LiveCounts:
-    """Driver-side counts of the records arriving through Tune, for the progress display."""
+    """Driver-side counts of the records arriving through Tune, for the progress display.
+
+    Memory stays bounded at any number of trials: it keeps the distinct objective vectors of the
+    current front (the best one for one objective), each with its first trial and how many trials
+    reached it, not every record.
+    """
 
     def __init__(
         self,
         objectives: list[tuple[str, str]],
         total: int,
-        done_before: int,
-        failed_before: int,
-        complete_before: list[TrialRecord],
+        before: Sequence[TrialRecord],
         on_progress: Callable[[Progress], None] | None,
     ) -> None:
-        self.objectives, self.total, self.done_before = objectives, total, done_before
-        self.failed = failed_before
+        self.objectives, self.total, self.done_before = objectives, total, len(before)
+        self._metrics = [m for m, _ in objectives]
+        usable = [r for r in before if r.is_usable(self._metrics)]
+        self.failed = len(before) - len(usable)
         self.on_progress = on_progress
         self.received = 0
         self.nodes: set[str] = set()
         self.started = time.perf_counter()
-        self._complete = list(complete_before)
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.first_count = 0  # records in the first report: the steady rate is counted after them
+        self.coordinator_ms_per_trial: float | None = None  # CPU the coordinator spent per result told
+        self._points: dict[tuple[float, ...], tuple[TrialRecord, int]] = {}  # the front: (first trial, trials)
+        self._new: list[TrialRecord] = usable  # usable records not merged into the front yet
+        self._merge()
         self._last_progress = 0.0
         self._front_text, self._front_at = "", 0.0
 
     def add(self, records: list[TrialRecord]) -> None:
-        metrics = [m for m, _ in self.objectives]
+        now = time.perf_counter()
+        if self.first_at is None:
+            self.first_at, self.first_count = now, len(records)
+        self.last_at = now
         for record in records:
             self.received += 1
             if record.node:
                 self.nodes.add(record.node)
-            if record.is_usable(metrics):
-                self._complete.append(record)
+            if record.is_usable(self._metrics):
+                self._new.append(record)
             else:
                 self.failed += 1
+        if len(self.objectives) == 1 or len(self._new) > 10_000:
+            self._merge()
         self.report()
 
+    def phases(self, started: float) -> dict[str, float | None]:
+        """When the first and last results arrived (s after `started`), the rate between, the coordinator's cost."""
+        first, last = self.first_at, self.last_at
+        steady = None
+        if first is not None and last is not None and last > first:
+            steady = (self.received - self.first_count) / (last - first)
+        return {
+            "first_result_s": None if first is None else first - started,
+            "last_result_s": None if last is None else last - started,
+            "steady_trials_per_s": steady,
+            "coordinator_ms_per_trial": self.coordinator_ms_per_trial,
+        }
+
+    def _merge(self) -> None:
+        """Fold the new records into the front's points (a point once dominated never comes back)."""
+        if not self._new:
+            return
+        points = dict(self._points)
+        for record in self._new:
+            vector = tuple(record.metrics[m] for m in self._metrics)
+            first, count = points.get(vector, (record, 0))
+            points[vector] = (record if record.number < first.number else first, count + 1)
+        self._new = []
+        kept = set(pareto_numbers([first for first, _ in points.values()], self.objectives))
+        self._points = {v: point for v, point in points.items() if point[0].number in kept}
+
     def _best_text(self) -> str:
-        if not self._complete:
-            return "-"
         if len(self.objectives) > 1:
             # The front is recomputed at most every 2 s: at 10,000 trials it is not free.
             now = time.perf_counter()
             if now - self._front_at > 2.0:
-                front = distinct_front(self._complete, self.objectives)
-                trials = sum(point.count for point in front)
-                self._front_text, self._front_at = f"front {len(front)} ({trials} trials)", now
-            return self._front_text
-        metric, direction = self.objectives[0]
-        values = [r.metrics[metric] for r in self._complete]
-        return f"{metric} {(min(values) if direction == 'minimize' else max(values)):.5g}"
+                self._merge()
+                trials = sum(count for _, count in self._points.values())
+                self._front_text = f"front {len(self._points)} ({trials} trials)" if self._points else "-"
+                self._front_at = now
+            return self._front_text or "-"
+        if not self._points:
+            return "-"
+        metric = self.objectives[0][0]
+        return f"{metric} {next(iter(self._points))[0]:.5g}"
 
     def report(self, force: bool = False) -> None:
         now = time.perf_counter()
@@ -238,28 +278,6 @@ class _LiveCounts:
                 eta_s=left / rate if rate > 0 else None,
             )
         )
-
-
-def _connect_ray(address: str | None, concurrency: int) -> bool:
-    """Connect to (or start) Ray; True when this call started it and must shut it down."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    target = address or os.environ.get("RAY_ADDRESS")
-    if target:
-        ray.init(address=target, log_to_driver=False, configure_logging=False)
-    else:
-        # "local" always starts a private instance, never attaching to a `ray start` cluster
-        # that happens to run on this machine: a laptop sweep stays on the laptop.
-        ray.init(
-            address="local",
-            num_cpus=max(concurrency, os.cpu_count() or 1),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    return True
 
 
 def _check_cluster(config: Config, callbacks: Sequence[Any] = ()) -> list[str]:
@@ -357,21 +375,33 @@ class _Ledger:
         return wall_now, self.wall_before, self.evaluated_before
 
 
-def _finished_trials(state: SweepState, name: str) -> list[FrozenTrial]:
-    if not state.journal.exists():
+def _stored_records(state: SweepState, name: str) -> list[TrialRecord]:
+    """The sweep's finished trials: from its trial table when that describes the journal, else replayed from it."""
+    table = read_table(state.folder, state.journal)
+    if table is not None:
+        return table.records(name)
+    if not has_records(state.journal):
         return []
     study = optuna.load_study(study_name=name, storage=state.storage())
-    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    return [record_from_trial(name, t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+
+
+def _default_objective() -> Objective:
+    from training.objective import evaluate
+
+    return evaluate
 
 
 def run_sweep(
     config: Config,
     *,
     address: str | None = None,
-    objective: Objective = evaluate,
+    objective: Objective | None = None,
     callbacks: Sequence[Any] = (),
     on_progress: Callable[[Progress], None] | None = None,
     bundle: DataBundle | None = None,
+    ray_start: RayStart | None = None,
+    started: float | None = None,
 ) -> SweepOutcome:
     """Run (or resume) the sweep described by `config` and return its outcome.
 
@@ -380,13 +410,24 @@ def run_sweep(
     remainder up to `sweep.num_trials` is asked anew. One driver at a time: the sweep's driver
     lock is held from before its state is read until its outcome is recorded (callbacks
     included); a second driver gets `SweepLocked` (exit 2) naming the first.
+
+    `ray_start` is Ray's start begun by the caller (`sweeps.sweep.launch.early_start`), used or
+    discarded here; without one, Ray starts here, as soon as the sweep is known to need it.
+    `started` (a `time.perf_counter()` value, default: the process start) is when the phases in
+    the outcome's `phases` are counted from. `objective` defaults to `training.objective.evaluate`.
     """
     name = resolve_sweep_name(config)
     state = SweepState(Path(config.sweep.storage).resolve(), name)
-    with state.driving():
-        _open_state(config, name, state)
-        return _drive(config, name, state, address=address, objective=objective, callbacks=callbacks,
-                      on_progress=on_progress, bundle=bundle)
+    try:
+        with state.driving():
+            _open_state(config, name, state)
+            return _drive(config, name, state, address=address, objective=objective or _default_objective(),
+                          callbacks=callbacks,
+                          on_progress=on_progress, bundle=bundle, ray_start=ray_start,
+                          started=process_started() if started is None else started)
+    finally:
+        if ray_start is not None:
+            ray_start.stop()  # a start the sweep did not use (refused, nothing to do, failed before)
 
 
 def _drive(
@@ -399,40 +440,73 @@ def _drive(
     callbacks: Sequence[Any],
     on_progress: Callable[[Progress], None] | None,
     bundle: DataBundle | None,
+    ray_start: RayStart | None,
+    started: float,
 ) -> SweepOutcome:
     """`run_sweep` once the driver lock is held."""
     for key, value in _TUNE_ENV.items():
         os.environ.setdefault(key, value)
-    started = time.perf_counter()
-    bundle = bundle or load_data(config.data, config.split)
-    objectives = [(str(o.metric), str(o.direction)) for o in config.sweep.objectives]
-    before = _finished_trials(state, name)
-    ledger = _Ledger(state, config, bundle.digest, len(before), started)
-    todo = ledger.todo
-    counts = _LiveCounts(
-        objectives,
-        config.sweep.num_trials,
-        len(before),
-        sum(t.state != TrialState.COMPLETE for t in before),
-        [record_from_trial(name, t) for t in before if t.state == TrialState.COMPLETE],
-        on_progress,
-    )
-    deadline = time.time() + config.sweep.time_budget_s if config.sweep.time_budget_s else None
-    if not todo:
-        log.info("sweep %s already has its %d trials; Ray is not started", name, len(before))
-    owns_ray, status, evaluated = False, "failed", 0
+    began = time.perf_counter()
+    if bundle is None:  # checked before Ray starts: a bad data file fails in a second
+        from sweeps.dataset import load_data
+
+        bundle = load_data(config.data, config.split)
+    before = _stored_records(state, name)
+    todo = len(before) < config.sweep.num_trials
+    starting = ray_start
+    if todo and starting is None:
+        starting = RayStart(address, config.sweep.concurrency)  # runs while the data and the journal are read
     try:
-        if todo:
+        return _sweep(config, name, state, before, began, started, address=address, objective=objective,
+                      callbacks=callbacks, on_progress=on_progress, bundle=bundle,
+                      ray_start=starting if todo else None)
+    finally:
+        if starting is not None and starting is not ray_start:
+            starting.stop()
+
+
+def _sweep(
+    config: Config,
+    name: str,
+    state: SweepState,
+    before: list[TrialRecord],
+    began: float,
+    started: float,
+    *,
+    address: str | None,
+    objective: Objective,
+    callbacks: Sequence[Any],
+    on_progress: Callable[[Progress], None] | None,
+    bundle: DataBundle,
+    ray_start: RayStart | None,
+) -> SweepOutcome:
+    """`_drive` with its records read and Ray starting (`ray_start`) when there are trials to run."""
+    from training.objective import prepare
+
+    objectives = [(str(o.metric), str(o.direction)) for o in config.sweep.objectives]
+    ledger = _Ledger(state, config, bundle.digest, len(before), began)
+    counts = _LiveCounts(objectives, config.sweep.num_trials, before, on_progress)
+    deadline = time.time() + config.sweep.time_budget_s if config.sweep.time_budget_s else None
+    if ray_start is None:
+        log.info("sweep %s already has its %d trials; Ray is not started", name, len(before))
+    phases: dict[str, float | None] = {}
+    owns_ray, status, evaluated = False, "failed", 0
+    records: tuple[TrialRecord, ...] = tuple(before)
+    try:
+        if ray_start is not None:
+            prepared = prepare(bundle.split)
+            import sweeps.sweep.workers  # noqa: F401  (Tune's import, a second or more, while Ray starts)
+
             checkpoint()
-            with deferred():  # Ray's start is never torn half way; a Ctrl+C during it is raised after
-                owns_ray = _connect_ray(address, config.sweep.concurrency)
-            log.info("ray ready after %.1f s", time.perf_counter() - started)
+            owns_ray = ray_start.wait()
+            phases["ray_ready_s"] = time.perf_counter() - started
+            log.info("ray ready %.2f s after the command started", phases["ray_ready_s"])
             if address or os.environ.get("RAY_ADDRESS"):
                 _check_cluster(config, callbacks)
-            evaluated = _run_tune(config, name, state, prepare(bundle.split), objective, callbacks, counts, deadline)
+            evaluated = _run_tune(config, name, state, prepared, objective, callbacks, counts, deadline)
+            records = tuple(_stored_records(state, name))
         counts.report(force=True)
-        finished = len(_finished_trials(state, name))
-        if finished >= config.sweep.num_trials:
+        if len(records) >= config.sweep.num_trials:
             status = "completed"
         elif deadline is not None and time.time() >= deadline:
             status = "budget_exhausted"
@@ -444,12 +518,9 @@ def _drive(
     finally:
         # An interrupt leaves `evaluated` unset; the configs Tune reported were evaluated all the same.
         wall_now, wall_total, evaluated_total = ledger.close(status, evaluated or counts.received)
-        if owns_ray:
-            import ray
-
-            with deferred():
-                ray.shutdown()
-    records = tuple(record_from_trial(name, t) for t in _finished_trials(state, name))
+        if ray_start is not None and owns_ray:
+            ray_start.stop()
+    phases |= counts.phases(started)
     outcome = SweepOutcome(
         name=name,
         status=status,
@@ -462,13 +533,16 @@ def _drive(
         tune_configs_now=counts.received,
         wall_s=wall_total,
         nodes=tuple(sorted(counts.nodes)),
-        extra={"dataset_digest": bundle.digest},
+        extra={"dataset_digest": bundle.digest, "phases": phases},
         evaluated=evaluated_total,
         wall_s_now=wall_now,
     )
     for callback in callbacks:
         if hasattr(callback, "on_outcome"):
             callback.on_outcome(outcome)
+    phases["end_s"] = time.perf_counter() - started
+    log.info("phases (s after the command started): %s",
+             ", ".join(f"{k} {v:.2f}" for k, v in phases.items() if v is not None))
     return outcome
 
 
@@ -477,9 +551,14 @@ def load_outcome(root: Path, name: str) -> SweepOutcome:
     state = SweepState(root, name)
     meta = state.read_meta()
     config = state.config()
-    # Interrupted before its first trial was asked, a sweep has a meta but no study yet: no trials.
-    trials = state.study().get_trials(deepcopy=False) if has_records(state.journal) else []
-    records = tuple(record_from_trial(name, t) for t in trials if t.state.is_finished())
+    # The trial table when it describes the journal (seconds at 100,000 trials), else the journal's
+    # replay; interrupted before its first trial was asked, a sweep has a meta but no study: no trials.
+    table = read_table(state.folder, state.journal)
+    if table is not None:
+        records = tuple(table.records(name))
+    else:
+        trials = state.study().get_trials(deepcopy=False) if has_records(state.journal) else []
+        records = tuple(record_from_trial(name, t) for t in trials if t.state.is_finished())
     objectives = tuple((o.metric, o.direction) for o in config.sweep.objectives)
     wall_s, evaluated = recorded_wall(meta)
     return SweepOutcome(
@@ -528,9 +607,8 @@ def _run_tune(
         .remote(config.model_dump(mode="json"), name, str(state.root), deadline)
     )
     try:
-        if not ray.get(coordinator.remaining.remote()):
-            log.info("nothing left to run in sweep %s", name)
-            return 0
+        # Not waited for: the coordinator starts (and replays the journal) while Tune starts the
+        # workers, whose first lease waits for it. The driver only runs Tune with trials left to run.
         for callback in callbacks:
             callback.sweep_name = name
         trainable = tune.with_parameters(
@@ -578,6 +656,9 @@ def _run_tune(
             if handler is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, handler)
     finally:
-        told = int(ray.get(coordinator.close.remote()))
+        spent = ray.get(coordinator.close.remote())
         ray.kill(coordinator)
+    told = int(spent["told"])
+    if told:
+        counts.coordinator_ms_per_trial = 1000 * spent["cpu_s"] / told
     return told

@@ -12,7 +12,7 @@ from optuna.distributions import (
 )
 
 from sweeps.config import ChoiceParam, FloatParam, ModelConfig, SweepConfig
-from training.objective import ElasticNetParams
+from training.params import ElasticNetParams
 
 __all__ = ["distributions", "params_for"]
 

@@ -33,6 +33,7 @@ from sweeps.config import Config, format_validation_error, remember_origin
 from sweeps.errors import ConfigError, CorruptState, SweepLocked, UsageError
 from sweeps.sweep.journal import JournalFile, cut_torn_tail, has_records
 from sweeps.sweep.lock import FileLock, Holder
+from sweeps.sweep.snapshot import read_table
 
 __all__ = ["BufferedJournalBackend", "SweepState", "list_sweeps"]
 
@@ -70,12 +71,14 @@ class BufferedJournalBackend(BaseJournalBackend):
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         self._buffer.extend(logs)
 
-    def flush(self) -> None:
-        """Write the buffered operations with one lock and one fsync."""
-        if self._buffer:
+    def flush(self) -> int:
+        """Write the buffered operations with one lock and one fsync; returns how many were written."""
+        written = len(self._buffer)
+        if written:
             self._file.append_logs(self._buffer)
-            self._in_file += len(self._buffer)
+            self._in_file += written
             self._buffer = []
+        return written
 
 
 class _SweepJournalStorage(JournalStorage):
@@ -289,7 +292,10 @@ class SweepState:
             raise CorruptState(f"{self.journal} cannot be replayed by Optuna: {type(exc).__name__}: {exc}") from exc
 
     def counts(self) -> dict[str, int]:
-        """Trials by state, read from the Optuna journal."""
+        """Trials by state: from the trial table when it describes the journal, else replayed from the journal."""
+        table = read_table(self.folder, self.journal)
+        if table is not None:
+            return table.counts()
         if not has_records(self.journal):
             return {"complete": 0, "failed": 0, "running": 0}
         states = [t.state for t in self.study().get_trials(deepcopy=False)]

@@ -78,8 +78,10 @@ def run_worker(
 ) -> None:
     """Tune trainable: a worker that leases batches from the coordinator until the sweep is done.
 
-    Results go back to the coordinator with the request for the next batch (one round trip per
-    batch) and to Tune, for callbacks, in reports at most every `report_every_s`.
+    One lease is always in flight ahead of the batch being evaluated: the results of a batch go
+    back with the request for the batch after next, so the coordinator tells and asks while this
+    worker fits, and a finished batch is followed at once by the next one (the coordinator is off
+    the critical path). Results reach Tune, for callbacks, in reports at most every `report_every_s`.
     """
     if data is None or objective is None or model is None or coordinator is None:
         raise TypeError("run_worker needs data, objective, model and coordinator bound by tune.with_parameters")
@@ -92,16 +94,21 @@ def run_worker(
         "worker": worker,
     }
     batch = ray.get(coordinator.next_batch.remote(worker, [], True))
+    ahead = coordinator.next_batch.remote(worker, [])
     unreported: list[dict[str, Any]] = []
     last_report = time.monotonic()
     while batch:
         results = [_evaluate(item, objective, data, fixed, seed, objective_metrics) | identity for item in batch]
-        upcoming = coordinator.next_batch.remote(worker, results)
+        behind = coordinator.next_batch.remote(worker, results)
         unreported.extend(results)
         if time.monotonic() - last_report >= report_every_s:
             tune.report({"records": unreported, "configs": len(unreported)} | identity)
             unreported, last_report = [], time.monotonic()
-        batch = ray.get(upcoming)
+        batch, ahead = ray.get(ahead), behind
+        if not batch:  # the sweep is done for this worker: its last results are told before it stops
+            batch = ray.get(ahead)
+            ahead = coordinator.next_batch.remote(worker, [])
+    ray.get(ahead)  # an empty lease, asked ahead: nothing is left unanswered
     tune.report({"records": unreported, "configs": len(unreported), "done": True} | identity)
 
 

@@ -20,7 +20,9 @@ from mlflow import MlflowClient
 from sweeps.config import CONFIG_DIR, Config, load_config
 from sweeps.dataset import load_data
 from sweeps.pareto import pareto_numbers
-from sweeps.sweep.engine import SweepOutcome, resolve_sweep_name, run_sweep
+from sweeps.sweep.engine import SweepOutcome, record_from_trial, resolve_sweep_name, run_sweep
+from sweeps.sweep.journal import has_records
+from sweeps.sweep.snapshot import read_table
 from sweeps.sweep.state import SweepState
 from sweeps.tracking.sweep_runs import SweepTracker
 from training.objective import Metrics, PreparedSplit, evaluate
@@ -57,6 +59,15 @@ def test_multi_objective_smoke_counts_and_front(data_dir: Path, tmp_path: Path) 
         assert not any(
             all(o <= m for o, m in zip(other, mine, strict=True)) and other != mine for other in points.values()
         )
+    # The trial table the coordinator wrote beside the journal holds what the journal replays.
+    state = SweepState(outcome.state_dir.parent, outcome.name)
+    table = read_table(state.folder, state.journal)
+    assert table is not None
+    assert table.records(outcome.name) == [record_from_trial(outcome.name, t) for t in study.trials]
+    # The phases of the command, in order (counted from the test process's start).
+    phases = outcome.summary()["phases"]
+    assert 0 < phases["ray_ready_s"] <= phases["first_result_s"] <= phases["last_result_s"] <= phases["end_s"]
+    assert phases["coordinator_ms_per_trial"] > 0
 
 
 def test_single_objective_best_is_minimum(data_dir: Path, tmp_path: Path) -> None:
@@ -152,7 +163,7 @@ def test_same_seed_concurrency_one_gives_same_best(data_dir: Path, tmp_path: Pat
 
 
 def _finished(state: SweepState) -> int:
-    if not state.journal.exists():
+    if not has_records(state.journal):  # not created yet, or created and its study not written yet
         return 0
     study = optuna.load_study(study_name=state.name, storage=state.storage())
     return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))

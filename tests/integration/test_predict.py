@@ -7,6 +7,7 @@ across blocks and tasks. Everything is written under the test's tmp folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,11 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from sweeps.cli import app
-from sweeps.config import load_config
+from sweeps.config import CONFIG_DIR, load_config
+from sweeps.pipeline import run as run_pipeline
 from sweeps.scoring.output import read_metadata
 from sweeps.scoring.runs import batch_scoring_runs
 from sweeps.tracking.client import use_tracking
-from sweeps.tracking.single_run import train_once
 from training.data import FEATURES
 
 pytestmark = pytest.mark.integration
@@ -43,10 +44,9 @@ class Registry:
     wines: pd.DataFrame  # the resampled input rows, `id` first
     pyfunc: Any
 
-    def predict(self, args: list[str]) -> Any:
-        return CliRunner().invoke(
-            app, ["predict", f"models:/{MODEL}@champion", "--tracking-uri", self.uri, "--quiet", *args]
-        )
+    def predict(self, args: list[str], *, quiet: bool = True, model: str = f"models:/{MODEL}@champion") -> Any:
+        extra = ["--quiet"] if quiet else []
+        return CliRunner().invoke(app, ["predict", model, "--tracking-uri", self.uri, *extra, *args])
 
     def runs(self) -> list[Any]:
         return batch_scoring_runs(self.client, MODEL, 1)
@@ -54,19 +54,24 @@ class Registry:
 
 @pytest.fixture(scope="module")
 def registry(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, local_ray: None) -> Registry:
+    """The smoke sweep run through the project's pipeline: its selection registers and promotes version 1.
+
+    Registered the way `sweeps select` registers (lineage tags, skops file, training run), so the
+    model passes the endpoint's trust check that `sweeps predict` reuses, under its defaults.
+    """
     root = tmp_path_factory.mktemp("predict")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    with use_tracking(uri) as client:  # artifacts under tmp, not ./mlruns
+        client.create_experiment("wine-elasticnet", artifact_location=(root / "artifacts").as_uri())
+    overrides = [f"data.path={data_dir}", f"sweep.storage={root / 'state'}", f"tracking.uri={uri}",
+                 "sweep.num_trials=4", "sweep.batch_size=2", f"registry.model_name={MODEL}"]
+    outcome = run_pipeline(load_config(CONFIG_DIR / "smoke.yaml", overrides))
+    assert outcome.selection is not None
+    assert outcome.selection.version == 1
     client = MlflowClient(uri, registry_uri=uri)
-    client.create_experiment("wine-elasticnet", artifact_location=str(root / "artifacts"))
-    client.create_registered_model(MODEL)
-    result = train_once(load_config(overrides=[f"data.path={data_dir}", f"tracking.uri={uri}", "data.wine=red"]))
-    assert result.model_uri is not None
-    with use_tracking(uri):  # the registry resolves a models:/m-... source through the global URI
-        # The lineage tags `sweeps select` writes: the model is loaded under `sweeps serve`'s trust rules.
-        tags = {"sweeps.dataset_digest": result.dataset_digest, "sweeps.sweep": "by-hand", "sweeps.trial": "0"}
-        client.create_model_version(MODEL, source=result.model_uri, run_id=result.run_id, tags=tags)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    with use_tracking(uri):  # the registry resolves the version's source through the global URI
         pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
-    client.set_registered_model_alias(MODEL, "champion", "1")
     frames = [pd.read_csv(data_dir / f"winequality-{kind}.csv", sep=";") for kind in ("red", "white")]
     wine = pd.concat(frames, ignore_index=True).drop(columns="quality")
     rows = wine.iloc[np.random.default_rng(0).integers(0, len(wine), ROWS)].reset_index(drop=True)
@@ -97,6 +102,7 @@ def test_every_id_once_with_the_model_s_pyfunc_predictions_and_lineage(registry:
     sample = np.random.default_rng(1).choice(ROWS, 500, replace=False)
     scored = table.to_pandas().iloc[sample]
     expected = np.asarray(registry.pyfunc.predict(registry.wines.iloc[sample][list(FEATURES)]), dtype=np.float64)
+    assert np.std(expected) > 0.01  # a model with coefficients: equal predictions would prove little
     np.testing.assert_allclose(scored["prediction"].to_numpy(), expected, rtol=1e-9, atol=1e-9)
 
     (run,) = registry.runs()
@@ -110,7 +116,7 @@ def test_every_id_once_with_the_model_s_pyfunc_predictions_and_lineage(registry:
     assert run.data.tags["sweeps.training_run_id"] == metadata["sweeps.training_run_id"]
     assert run.data.tags["sweeps.input_path"] == str(source)
     assert run.data.tags["sweeps.output_path"] == str(output)
-    assert run.data.tags["sweeps.input_digest"].startswith("sha256:")
+    assert run.data.tags["sweeps.input_digest"] == "sha256:" + hashlib.sha256(source.read_bytes()).hexdigest()
     assert run.data.metrics["rows_in"] == run.data.metrics["rows_out"] == ROWS
     assert run.data.metrics["rows_bad"] == 0
     assert run.data.metrics["rows_per_s"] > 0
@@ -127,8 +133,10 @@ def test_uci_dialect_in_parquet_file_out(registry: Registry, tmp_path: Path) -> 
     source = write_csv(part[[*FEATURES, "id"]], tmp_path / "uci.csv", uci=True)
     assert source.read_text(encoding="utf-8").startswith('"fixed acidity";"volatile acidity"')
     output = tmp_path / "scores.parquet"
-    result = registry.predict(["-i", str(source), "-o", str(output), "--fragment-mb", "0.05"])
+    result = registry.predict(["-i", str(source), "-o", str(output), "--fragment-mb", "0.05"], quiet=False)
     assert result.exit_code == 0, result.output
+    assert "5,000/5,000 rows" in result.output
+    assert "rows/s" in result.output
     table = pq.read_table(output)
     assert table.column("id").to_pylist() == list(range(5000))
     assert pq.ParquetFile(output).metadata.num_row_groups > 1  # many blocks merged into one file
@@ -214,3 +222,17 @@ def test_a_folder_of_parquet_files_in_a_folder_out(registry: Registry, tmp_path:
     assert table.column("id").to_pylist() == list(range(9000))
     expected = np.asarray(registry.pyfunc.predict(registry.wines.iloc[:9000][list(FEATURES)]), dtype=np.float64)
     np.testing.assert_allclose(table.column("prediction").to_numpy(), expected, rtol=1e-9, atol=1e-9)
+
+
+def test_a_version_without_lineage_tags_is_refused_as_the_endpoint_refuses_it(
+    registry: Registry, tmp_path: Path
+) -> None:
+    champion = registry.client.get_model_version(MODEL, "1")
+    bare = registry.client.create_model_version(MODEL, source=str(champion.source), run_id=champion.run_id)
+    source = write_csv(registry.wines.iloc[:100], tmp_path / "wines.csv")
+    before = len(registry.runs())
+    result = registry.predict(["-i", str(source), "-o", str(tmp_path / "out")], model=f"models:/{MODEL}/{bare.version}")
+    assert result.exit_code == 2, result.output
+    assert f"version {bare.version} lacks the lineage tag(s)" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wines.csv"]
+    assert len(registry.runs()) == before

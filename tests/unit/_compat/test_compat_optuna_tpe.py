@@ -262,3 +262,24 @@ def test_after_add_trial_lets_tpe_ask_from_the_added_trials(tested: bool, monkey
     _asks(reference, 1)
     assert len(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)) == 52
     assert [t.params for t in _asks(study, 3)] == [t.params for t in _asks(reference, 3)]
+
+
+@pytest.mark.parametrize("n_objectives", [1, 2])
+def test_running_trials_given_to_caching_tpe_are_what_plain_tpe_lies_about(n_objectives: int) -> None:
+    """`running` is Optuna's constant liar: the same ask as TPESampler(constant_liar=True) with those trials RUNNING."""
+    history = _history(30, n_objectives)
+    in_flight = [create_trial(state=TrialState.RUNNING, params=t.params, distributions=SPACE)
+                 for t in _history(12, n_objectives, seed=3)]
+    caching = batch_tpe_sampler(seed=5, multivariate=True, constant_liar=False)
+    caching.running = in_flight
+    liar = TPESampler(seed=5, multivariate=True, constant_liar=True)
+    fast, slow = _study(caching, n_objectives, history), _study(liar, n_objectives, [*history, *in_flight])
+    assert len(slow.get_trials(states=(TrialState.RUNNING,))) == 12
+
+    assert [t.params for t in _asks(fast, 1)] == [t.params for t in _asks(slow, 1)]
+    # A batch asked from one fit with them differs from one asked without them.
+    liar_sampler = batch_tpe_sampler(seed=5, multivariate=True, constant_liar=False)
+    liar_sampler.running = in_flight
+    lying = _study(liar_sampler, n_objectives, history)
+    truthful = _study(batch_tpe_sampler(seed=5, multivariate=True, constant_liar=False), n_objectives, history)
+    assert [t.params for t in _asks(lying, 8)] != [t.params for t in _asks(truthful, 8)]

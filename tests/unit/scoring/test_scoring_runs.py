@@ -24,8 +24,10 @@ class Store:
     experiment_id: str
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """One SQLite store for the module: creating one takes seconds."""
+    tmp_path = tmp_path_factory.mktemp("batch-runs")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     experiment = client.create_experiment("wine-elasticnet", artifact_location=str(tmp_path / "artifacts"))
@@ -70,6 +72,8 @@ def test_a_batch_run_is_linked_like_a_monitoring_run_and_listed_by_lineage(store
 
 def test_a_version_without_a_training_run_is_refused_before_any_run_is_written(store: Store) -> None:
     version = store.client.get_model_version(MODEL, "2")
+    query = "tags.`sweeps.kind` = 'batch-scoring'"
+    before = {r.info.run_id for r in store.client.search_runs([store.experiment_id], query)}
     with pytest.raises(UsageError, match=r"'wine-batch-runs' version 2 names no training run"):
         start_batch_run(store.client, version, {})
-    assert store.client.search_runs([store.experiment_id], "tags.`sweeps.kind` = 'batch-scoring'") == []
+    assert {r.info.run_id for r in store.client.search_runs([store.experiment_id], query)} == before

@@ -10,6 +10,7 @@ import pytest
 
 from sweeps.config import CONFIG_DIR, Config, load_config
 from sweeps.sweep.coordinator import Coordinator
+from sweeps.sweep.sampler import batch_limit
 from sweeps.sweep.state import SweepState
 
 
@@ -78,7 +79,7 @@ def test_a_running_trial_that_lost_params_to_a_torn_write_gets_them_suggested_ag
 
 def test_batches_grow_with_the_history_the_sampler_learned_from(tmp_path: Path) -> None:
     """A young study leases small batches (each is asked from one fit), growing to sweep.batch_size."""
-    config = _config("wine.yaml", "sweep.num_trials=400", "sweep.batch_size=32")
+    config = _config("wine.yaml", "sweep.num_trials=800", "sweep.batch_size=16")
     coordinator = Coordinator(config.model_dump(mode="json"), "young", str(tmp_path), None)
     sizes, batch, told = [], coordinator.next_batch("w0", [], restart=True), 0
     while batch:
@@ -88,14 +89,15 @@ def test_batches_grow_with_the_history_the_sampler_learned_from(tmp_path: Path) 
         told += len(results)
         batch = coordinator.next_batch("w0", results)
     coordinator.close()
-    assert told == 400
-    assert sizes[:3] == [(0, 8), (8, 8), (16, 8)]
-    # The end is split between the 2 workers of the config (one here): ceil(left / 2).
-    assert all(size == min(32, max(8, before // 8), -(-(400 - before) // 2)) for before, size in sizes)
-    assert max(size for _, size in sizes) == 32
+    assert told == 800
+    assert sizes[:3] == [(0, 4), (4, 4), (8, 4)]
+    # The end is split between the 2 workers of the config (one here), each holding two leases (the
+    # batch it fits and the one ahead): ceil(left / 4).
+    assert all(size == min(16, batch_limit(before), -(-(800 - before) // 4)) for before, size in sizes)
+    assert max(size for _, size in sizes) == 16
 
-    # Resumed with 400 trials behind it, the same study leases full batches at once.
-    more = _config("wine.yaml", "sweep.num_trials=500", "sweep.batch_size=32")
+    # Resumed with 800 trials behind it, the same study leases full batches at once.
+    more = _config("wine.yaml", "sweep.num_trials=1000", "sweep.batch_size=16")
     resumed = Coordinator(more.model_dump(mode="json"), "young", str(tmp_path), None)
-    assert len(resumed.next_batch("w0", [], restart=True)) == 32
+    assert len(resumed.next_batch("w0", [], restart=True)) == 16
     resumed.close()

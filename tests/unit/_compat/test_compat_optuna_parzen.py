@@ -1,0 +1,68 @@
+"""TPE's densities computed once per fit (`_CompiledMixture`) against Optuna's own `log_pdf`, and the asks they make."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.samplers import TPESampler
+from optuna.trial import create_trial
+
+from sweeps._compat.optuna_tpe import _CompiledMixture, batch_tpe_sampler
+
+CONTINUOUS: dict[str, BaseDistribution] = {
+    "alpha": FloatDistribution(1e-4, 10.0, log=True),
+    "l1_ratio": FloatDistribution(0.0, 1.0),
+}
+
+
+def _study(sampler: optuna.samplers.BaseSampler, space: dict[str, BaseDistribution], n: int, n_objectives: int,
+           seed: int = 0) -> optuna.Study:
+    rng = np.random.default_rng(seed)
+    study = optuna.create_study(directions=["minimize"] * n_objectives, sampler=sampler)
+    for _ in range(n):
+        params: dict[str, float | int] = {"alpha": float(10 ** rng.uniform(-4, 1)), "l1_ratio": float(rng.uniform())}
+        if "k" in space:
+            params["k"] = int(rng.choice([1, 3, 5, 7, 9]))
+        values = [abs(np.log10(params["alpha"]) + 3) + params["l1_ratio"], float(round(10 * params["l1_ratio"]))]
+        study.add_trial(create_trial(params=params, distributions=space, values=values[:n_objectives]))
+    return study
+
+
+def _estimators(n_objectives: int, space: dict[str, BaseDistribution]) -> tuple[object, object]:
+    sampler = batch_tpe_sampler(seed=3, multivariate=True, constant_liar=False)
+    study = _study(sampler, space, 400, n_objectives)
+    study.ask(space)
+    (below, _, _), = sampler._estimators.values()  # type: ignore[attr-defined]
+    from optuna.samplers._tpe.sampler import _split_trials, default_gamma
+
+    trials = study.get_trials(deepcopy=False)
+    _, high = _split_trials(study, trials, default_gamma(len(trials)))
+    above = sampler._build_parzen_estimator(study, space, high, handle_below=False)
+    return below, above
+
+
+@pytest.mark.parametrize("n_objectives", [1, 2])
+def test_compiled_densities_equal_optunas_log_pdf(n_objectives: int) -> None:
+    for estimator in _estimators(n_objectives, CONTINUOUS):
+        compiled = _CompiledMixture(estimator)
+        assert compiled.usable
+        samples = estimator.sample(np.random.RandomState(0), 200)  # type: ignore[attr-defined]
+        samples["alpha"][:2] = [1e-4, 10.0]  # the bounds themselves
+        np.testing.assert_allclose(compiled.log_pdf(samples), estimator.log_pdf(samples),  # type: ignore[attr-defined]
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_an_integer_space_keeps_optunas_own_log_pdf() -> None:
+    space = {**CONTINUOUS, "k": IntDistribution(1, 9, step=2)}
+    below, _ = _estimators(1, space)
+    assert not _CompiledMixture(below).usable
+
+
+@pytest.mark.parametrize("n_objectives", [1, 2])
+def test_asks_from_compiled_densities_are_plain_tpes_asks(n_objectives: int) -> None:
+    caching = batch_tpe_sampler(seed=11, multivariate=True, constant_liar=False)
+    fast = _study(caching, CONTINUOUS, 300, n_objectives)
+    slow = _study(TPESampler(seed=11, multivariate=True, constant_liar=False), CONTINUOUS, 300, n_objectives)
+    assert [fast.ask(CONTINUOUS).params for _ in range(6)] == [slow.ask(CONTINUOUS).params for _ in range(6)]
