@@ -238,6 +238,7 @@ def main() -> None:
     parser.add_argument("--plain-mlflow", help=argparse.SUPPRESS)
     parser.add_argument("--plain-overrides", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.data = os.path.abspath(args.data)  # the cases run as processes in other folders
     if args.plain is not None:
         config = load_config(CONFIG_DIR / "wine.yaml", json.loads(args.plain_overrides))
         print(plain_optuna_loop(config, args.plain, args.plain_mlflow))
