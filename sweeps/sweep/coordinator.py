@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeps._compat.optuna_tpe import running_trial
 from sweeps.config import Config
 from sweeps.records import TrialRecord
-from sweeps.sweep.sampler import batch_limit, make_sampler
+from sweeps.sweep.sampler import WindowedTPESampler, batch_limit, make_sampler
 from sweeps.sweep.snapshot import TableWriter, read_table, row_of
 from sweeps.sweep.space import distributions
 from sweeps.sweep.state import SweepState
@@ -159,6 +159,8 @@ class Coordinator:
             params = _all_params(trial, frozen, self.dists)
             lease[frozen.number] = (trial, params)
             batch.append({"number": frozen.number, "params": dict(params)})
+        if isinstance(self.study.sampler, WindowedTPESampler):
+            self.study.sampler.expect(min(self.to_ask, size - len(batch)))
         while self.to_ask and len(batch) < size:
             trial = self.study.ask(fixed_distributions=self.dists)
             self.to_ask -= 1

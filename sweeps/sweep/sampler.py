@@ -149,9 +149,8 @@ class WindowedTPESampler(BaseSampler):
         self._storage = InMemoryStorage()
         shadow = optuna.create_study(storage=self._storage, directions=list(directions), sampler=self._tpe)
         self._seen = set()
-        for trial in sorted([*self._elite, *recent], key=lambda t: t.number):
-            shadow.add_trial(self._marked(trial))
-        self._shadow = self._tpe.after_add_trial(shadow, self._storage)
+        kept_trials = sorted([*self._elite, *recent], key=lambda t: t.number)
+        self._shadow = self._tpe.add_trials(shadow, self._storage, [self._marked(t) for t in kept_trials])
         self._shadow_size = len(kept) + len(recent)
 
     def _marked(self, trial: FrozenTrial) -> FrozenTrial:
@@ -159,12 +158,18 @@ class WindowedTPESampler(BaseSampler):
         values = tuple(trial.values)
         repeat = values in self._seen
         self._seen.add(values)
-        return create_trial(
+        marked = create_trial(
             params=trial.params,
             distributions=trial.distributions,
             values=list(values),
             constraints={REPEAT_CONSTRAINT: 1.0 if repeat else 0.0},
         )
+        marked.number = trial.number
+        return marked
+
+    def expect(self, asks: int) -> None:
+        """Say that `asks` asks follow with no tell between them (they are then drawn together)."""
+        self._tpe.expect(asks)
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return dict(self._space)
@@ -209,8 +214,7 @@ class WindowedTPESampler(BaseSampler):
         if self._shadow_size >= self._window + self._window // 2:
             self._rebuild(study.directions)
         else:
-            self._shadow.add_trial(self._marked(finished))
-            self._shadow = self._tpe.after_add_trial(self._shadow, self._storage)
+            self._shadow = self._tpe.add_trials(self._shadow, self._storage, [self._marked(finished)])
             self._shadow_size += 1
 
     def reseed_rng(self) -> None:

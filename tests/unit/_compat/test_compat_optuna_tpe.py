@@ -231,37 +231,48 @@ def test_running_trial_without_a_trial_id_is_a_clear_error() -> None:
         running_trial(study, frozen)  # type: ignore[arg-type]
 
 
-def test_add_trial_leaves_the_trials_optuna_caches_for_tpe_as_they_were() -> None:
-    # The upstream behaviour `after_add_trial` exists for: if this fails, Optuna now drops its trial
-    # cache in add_trial (or keeps it elsewhere); re-check the fence and the windowed sampler.
+def test_tpe_reads_a_studys_trials_through_the_cache_add_trial_leaves_as_it_was() -> None:
+    # The upstream behaviour `add_trials` relies on: if this fails, Optuna now reads trials for TPE
+    # elsewhere or drops the cache in add_trial; re-check the fence and the windowed sampler.
     study = _study(_plain(0), 1, _history(5, 1))
     assert len(study._get_trials(deepcopy=False, use_cache=True)) == 5
     assert isinstance(study._thread_local.cached_all_trials, list)
     study.add_trials(_history(7, 1, seed=1))
     assert len(study._get_trials(deepcopy=False, use_cache=True)) == 5, "add_trial left the cache as it was"
-    study._thread_local.cached_all_trials = None
-    assert len(study._get_trials(deepcopy=False, use_cache=True)) == 12
+    study._thread_local.cached_all_trials.extend(_history(3, 1, seed=2))
+    assert len(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)) == 8
 
 
 @pytest.mark.parametrize("tested", [True, False], ids=["cache dropped", "public fallback"])
-def test_after_add_trial_lets_tpe_ask_from_the_added_trials(tested: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_add_trials_lets_tpe_ask_from_the_added_trials(tested: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if not tested:
         monkeypatch.setattr(sweeps._compat, "installed_version", lambda package: "5.3.0")
     storage = InMemoryStorage()
     sampler = batch_tpe_sampler(seed=11, multivariate=True, constant_liar=False)
     assert sampler.caches_estimators is tested
     study = optuna.create_study(storage=storage, sampler=sampler)
-    study.add_trials(_history(12, 1))
-    _asks(study, 1)  # fits, and caches the 12 trials
-    added = _history(40, 1, seed=2)
-    study.add_trials(added)
-    study = sampler.after_add_trial(study, storage)
+    first, added = _history(12, 1), _history(40, 1, seed=2)
+    for number, trial in enumerate([*first, *added]):
+        trial.number = number  # as a storage numbers them (TPE orders the good trials by number)
+    study = sampler.add_trials(study, storage, first)
+    asking = create_trial(state=TrialState.RUNNING, params={}, distributions={})
+
+    def asks(n: int) -> list[dict[str, Any]]:
+        # As the windowed sampler asks its shadow study: the sampler directly, never `study.ask`,
+        # which would drop the trials the study caches for its sampler.
+        # The space sorted by name, as Optuna infers it for `study.ask`.
+        return [sampler.sample_relative(study, asking, dict(sorted(SPACE.items()))) for _ in range(n)]
+
+    asks(1)  # fits on the 12 trials
+    study = sampler.add_trials(study, storage, added)
+    # The caching sampler feeds TPE without writing the storage (a deep copy a trial); the fallback writes it.
+    assert len(storage.get_all_trials(study._study_id)) == (0 if tested else 52)
 
     # The same 52 trials in a study that never cached anything, asked by plain TPE with the same rng state.
-    reference = _study(_plain(11), 1, [*_history(12, 1), *added])
+    reference = _study(_plain(11), 1, [*first, *added])
     _asks(reference, 1)
     assert len(study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)) == 52
-    assert [t.params for t in _asks(study, 3)] == [t.params for t in _asks(reference, 3)]
+    assert asks(3) == [t.params for t in _asks(reference, 3)]
 
 
 @pytest.mark.parametrize("n_objectives", [1, 2])

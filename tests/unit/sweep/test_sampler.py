@@ -120,7 +120,9 @@ def test_the_window_bounds_the_history_tpe_fits_on_and_keeps_the_best(
     real = BatchTPESampler.sample_relative
 
     def spy(self: BatchTPESampler, study: Study, trial: FrozenTrial, space: dict[str, Any]) -> dict[str, Any]:
-        fitted_on.append([tuple(t.values) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))])
+        # What TPE reads: the study's cached trials (the shadow is fed there, not through its storage).
+        seen = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,), use_cache=True)
+        fitted_on.append([tuple(t.values) for t in seen])
         return real(self, study, trial, space)
 
     monkeypatch.setattr(BatchTPESampler, "sample_relative", spy)
@@ -218,7 +220,7 @@ def test_the_shadow_counts_a_repeated_point_once_among_the_good_trials(window: i
     _run(sampler, 150, objective=corner, n_objectives=2)
     shadow = sampler._shadow
     assert shadow is not None
-    trials = shadow.get_trials(deepcopy=False)
+    trials = shadow._get_trials(deepcopy=False, use_cache=True)  # what TPE reads
     feasible = [tuple(t.values) for t in trials if t.constraints[REPEAT_CONSTRAINT] <= 0]
     repeats = [tuple(t.values) for t in trials if t.constraints[REPEAT_CONSTRAINT] > 0]
     assert len(feasible) == len(set(feasible)) == len({tuple(t.values) for t in trials})
