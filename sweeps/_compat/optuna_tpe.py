@@ -2,9 +2,10 @@
 
 Four assumptions about Optuna 5.0 that its public API does not promise:
 
-- `TPESampler._sample` fits two Parzen estimators from `_split_trials` on every ask. Asking a
-  batch with no result told in between would fit the same two estimators again and again; the
-  caching sampler fits them once per history state (`invalidate` after every tell).
+- `TPESampler._sample` fits two Parzen estimators from `_split_trials` on every ask, and
+  `_sample_relative` counts the history before it. Asking a batch with no result told in
+  between would fit the same two estimators again and again; the caching sampler fits them once
+  per history state (`invalidate` after every tell) and draws the batch's asks together.
 - `Study.ask` looks for enqueued trials with `storage.get_all_trials(study_id, deepcopy=False,
   states=(TrialState.WAITING,))`, and a trial is WAITING only when it was created from a WAITING
   template (`enqueue_trial`). A storage that knows no WAITING trial exists may answer that
@@ -18,8 +19,10 @@ Four assumptions about Optuna 5.0 that its public API does not promise:
   whose continuous parts are `_BatchedTruncNormDistributions` / `_BatchedTruncLogNormDistributions`
   (`mu`, `sigma`, `adapted_low`, `adapted_high`, `is_log`). Its `log_pdf` computes each kernel's
   truncation mass once per candidate; `_CompiledMixture` computes it once per fit (the same
-  formula, to rounding), a fifth of the ask's cost at a window of 1,000. Any other kind of
-  distribution (integer, categorical) keeps Optuna's own `log_pdf`.
+  formula, to rounding), a fifth of the ask's cost at a window of 1,000. Its `sample` draws as
+  `_MixtureOfProductDistribution.sample` does (the same random numbers in the same order) and
+  inverts `_truncnorm.ppf`'s formula with scipy's ufuncs, not Optuna's per-element Python. Any
+  other kind of distribution (integer, categorical) keeps Optuna's own `sample` and `log_pdf`.
 
 Outside `TESTED_OPTUNA` the first two fall back, with one warning, to plain `TPESampler` and to
 the storage's own scan, and the fourth to a new `Study` over the same storage (public API, about
@@ -54,6 +57,7 @@ __all__ = [
 ]
 
 TESTED_OPTUNA = "5.0.*"
+_BLOCK_ROWS = 128
 WAITING_SCAN_STATES = (TrialState.WAITING,)
 _FINISHED_FOR_TPE = (TrialState.COMPLETE,)
 
@@ -119,7 +123,8 @@ class _CompiledMixture:
                            - (0.5 * np.log(2 * np.pi) + mass + np.log(self._sigma)).sum(axis=1))
         # The squared scaled distance of x to every kernel as one product: sum_d (x_d^2 - 2 x_d mu_d + mu_d^2) / s_d^2.
         inv_var = self._inv_sigma**2
-        self._quadratic = np.concatenate([inv_var, -2.0 * self._mu * inv_var], axis=1).T  # (2 dims, kernels)
+        half_quadratic = -0.5 * np.concatenate([inv_var, -2.0 * self._mu * inv_var], axis=1)
+        self._half_quadratic = half_quadratic.T  # (2 dims, kernels)
         self._offset = self._const - 0.5 * (self._mu**2 * inv_var).sum(axis=1)
 
     def sample(self, rng: np.random.RandomState, size: int) -> dict[str, np.ndarray]:
@@ -142,13 +147,20 @@ class _CompiledMixture:
         """The mixture's log density at each candidate (rows of `samples`, in internal representation)."""
         x = np.stack([np.log(samples[n]) if log else np.asarray(samples[n], dtype=float)
                       for n, log in zip(self._names, self._is_log, strict=True)], axis=1)
-        weighted = self._offset[None, :] - 0.5 * (np.concatenate([x * x, x], axis=1) @ self._quadratic)
-        top = weighted.max(axis=1)
-        top[np.isneginf(top)] = 0.0
-        with np.errstate(divide="ignore"):
-            out = np.log(np.exp(weighted - top[:, None]).sum(axis=1)) + top
+        features = np.concatenate([x * x, x], axis=1)
+        out = np.empty(len(x))
+        # Rows in blocks: a block's (rows x kernels) matrix stays in cache through its five passes.
+        for start in range(0, len(x), _BLOCK_ROWS):
+            weighted = features[start : start + _BLOCK_ROWS] @ self._half_quadratic
+            weighted += self._offset
+            top = weighted.max(axis=1)
+            top[np.isneginf(top)] = 0.0
+            weighted -= top[:, None]
+            np.exp(weighted, out=weighted)
+            with np.errstate(divide="ignore"):
+                out[start : start + _BLOCK_ROWS] = np.log(weighted.sum(axis=1)) + top
         out[((x < self._low) | (x > self._high)).any(axis=1)] = -np.inf
-        return np.asarray(out)
+        return out
 
 
 def _log_diff(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
@@ -236,6 +248,15 @@ class _CachingTPESampler(BatchTPESampler):
         cached.extend(trials)
         self.invalidate()
         return study
+
+    def _sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        # TPESampler._sample_relative filters the whole history to count it on every ask; once
+        # fitted, the count is known to be past the start-up trials.
+        if search_space and tuple(sorted(search_space)) in self._estimators:
+            return self._sample(study, trial, search_space)
+        return super()._sample_relative(study, trial, search_space)
 
     def _sample(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]

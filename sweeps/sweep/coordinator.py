@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
+from threadpoolctl import threadpool_limits
 
 from sweeps._compat.optuna_tpe import running_trial
 from sweeps.config import Config
@@ -67,6 +68,9 @@ class Coordinator:
     """Asks Optuna for batches, leases them to workers, tells results back; the journal's only writer."""
 
     def __init__(self, config_json: dict[str, Any], name: str, root: str, deadline: float | None) -> None:
+        # TPE's densities are matrix products: one BLAS thread, or they contend with the workers'
+        # fits for the same cores (an actor of num_cpus=0 gets no OMP/OpenBLAS limit from Ray).
+        threadpool_limits(limits=1)
         self.config = Config.model_validate(config_json)
         self.name = name
         self.deadline = deadline
