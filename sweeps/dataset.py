@@ -11,7 +11,7 @@ from sweeps.config import DataConfig, SplitConfig
 from training.card import build_card
 from training.data import TARGET, Dataset, Split, load_dataset, split_dataset
 
-__all__ = ["DataBundle", "load_data"]
+__all__ = ["DataBundle", "bundle_data", "load_data", "read_data"]
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,23 @@ class DataBundle:
         return frame
 
 
-def load_data(data: DataConfig, split: SplitConfig) -> DataBundle:
-    """Load and check the data named by the config, split it and build its card."""
-    dataset = load_dataset(
+def read_data(data: DataConfig) -> Dataset:
+    """Load and check the data named by the config (pandas only: no scikit-learn import yet)."""
+    return load_dataset(
         data.path,
         data.wine,
         drop_duplicates=data.drop_duplicates,
         invalid_rows=data.invalid_rows,
         cache_dir=data.cache_dir,
     )
+
+
+def bundle_data(dataset: Dataset, split: SplitConfig) -> DataBundle:
+    """Split a checked dataset and build its card."""
     parts = split_dataset(dataset, split.validation, split.test, split.seed)
     return DataBundle(dataset, parts, build_card(dataset, parts, split.validation, split.test))
+
+
+def load_data(data: DataConfig, split: SplitConfig) -> DataBundle:
+    """Load and check the data named by the config, split it and build its card."""
+    return bundle_data(read_data(data), split)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeps.config import Config, SweepConfig
-from sweeps.dataset import DataBundle, load_data
+from sweeps.dataset import DataBundle, bundle_data, load_data, read_data
 from sweeps.sweep.engine import Progress, SweepOutcome, resolve_sweep_name, run_sweep
 from sweeps.sweep.launch import RayStart, early_start
 
@@ -175,8 +175,16 @@ def run(
     needs an MLflow store, and an untracked run writes none. `not_registered` says how to go on,
     calling sweeps as `program`.
     """
-    bundle = load_data(config.data, config.split)
-    outcome = sweep(config, address=address, on_progress=on_progress, bundle=bundle)
+    # Ray starts once the data file is read and checked (a bad file fails before it), and while
+    # scikit-learn is imported, the data split and the rest of the sweep set up.
+    dataset = read_data(config.data)
+    starting = begin(config, address)
+    try:
+        bundle = bundle_data(dataset, config.split)
+        outcome = sweep(config, address=address, on_progress=on_progress, bundle=bundle, ray_start=starting)
+    finally:
+        if starting is not None:
+            starting.stop()  # a start the sweep did not use (an error before it); once stopped, stays so
     if sweep_only or outcome.status == "interrupted":
         return PipelineResult(outcome)
     if not config.tracking.enabled:

@@ -17,7 +17,6 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from training.errors import DataError
 
@@ -476,6 +475,9 @@ def split_dataset(dataset: Dataset, validation: float, test: float, seed: int) -
             "split fractions must satisfy 0 < validation, 0 < test and validation + test < 1, "
             f"but got (validation={validation}, test={test})."
         )
+    # Imported here: scikit-learn takes a second to import, and reading and checking a file needs only pandas.
+    from sklearn.model_selection import train_test_split
+
     x = dataset.frame[list(dataset.features)].to_numpy(dtype=np.float64)
     y = dataset.frame[TARGET].to_numpy(dtype=np.float64)
     index = np.arange(len(y))
