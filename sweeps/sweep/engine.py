@@ -519,7 +519,9 @@ def _sweep(
         # An interrupt leaves `evaluated` unset; the configs Tune reported were evaluated all the same.
         wall_now, wall_total, evaluated_total = ledger.close(status, evaluated or counts.received)
         if ray_start is not None and owns_ray:
-            ray_start.stop()
+            # Ray stops while the outcome is read and the callbacks write it (nothing after this
+            # calls Ray); whoever began the start waits for the stop (`run_sweep`, `_drive`).
+            ray_start.stop(wait=False)
     phases |= counts.phases(started)
     outcome = SweepOutcome(
         name=name,

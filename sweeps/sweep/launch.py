@@ -127,6 +127,7 @@ class RayStart:
         self.began = time.perf_counter()
         self.ready_at: float | None = None
         self._owns = False
+        self._stop_here = False  # `stop(wait=False)`: the starting thread stops Ray
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._release = threading.Event()
@@ -152,6 +153,10 @@ class RayStart:
             self._ready.set()
         if self._owns:
             self._release.wait()  # Ray's processes die with this thread: it ends once Ray is stopped
+            if self._stop_here:
+                import ray
+
+                ray.shutdown()
 
     def wait(self) -> bool:
         """Block until Ray is connected; True when this start launched Ray (then `stop` it when done)."""
@@ -160,10 +165,18 @@ class RayStart:
             raise self._error
         return self._owns
 
-    def stop(self) -> None:
-        """Stop the Ray this start launched, if any, and end its thread; whether or not the sweep used it."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop the Ray this start launched, if any, and end its thread; whether or not the sweep used it.
+
+        With `wait` false, Ray stops on its starting thread (a second or more: every Ray process is
+        waited for) while the caller goes on, once it no longer calls Ray; a later `stop()` waits.
+        """
         with deferred():
             self._ready.wait()
+            if not wait and self._owns:
+                self._owns, self._stop_here = False, True
+                self._release.set()
+                return
             try:
                 if self._owns:
                     import ray

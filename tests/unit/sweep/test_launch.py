@@ -30,7 +30,8 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return True
 
     monkeypatch.setattr(launch, "connect_ray", connect)
-    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(shutdown=lambda: calls.append("shutdown")))
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(
+        shutdown=lambda: calls.append(f"shutdown on {threading.current_thread().name}")))
     return calls
 
 
@@ -43,7 +44,19 @@ def test_the_starting_thread_outlives_the_start_until_ray_is_stopped(fake_ray: l
     start.stop()
     start.stop()  # idempotent: the engine and the pipeline may both stop it
     assert not start._thread.is_alive()
-    assert fake_ray == ["start on sweeps-ray-start", "shutdown"]
+    assert fake_ray == ["start on sweeps-ray-start", "shutdown on MainThread"]
+
+
+def test_a_stop_not_waited_for_stops_ray_on_the_starting_thread_and_a_later_stop_waits(fake_ray: list[str]) -> None:
+    """The engine stops Ray while the outcome is written; the start's owner waits for it at the end."""
+    start = RayStart(None, 2)
+    assert start.wait() is True
+    start.stop(wait=False)
+    start._thread.join(timeout=5)
+    assert fake_ray == ["start on sweeps-ray-start", "shutdown on sweeps-ray-start"]
+    start.stop()
+    assert not start._thread.is_alive()
+    assert fake_ray == ["start on sweeps-ray-start", "shutdown on sweeps-ray-start"], "stopped once"
 
 
 def test_a_failed_start_is_raised_where_it_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,4 +84,4 @@ def test_early_start_skips_a_completed_sweep_and_one_another_driver_runs(tmp_pat
     started = early_start(more, None)
     assert started is not None
     started.stop()
-    assert fake_ray == ["start on sweeps-ray-start", "shutdown"]
+    assert fake_ray == ["start on sweeps-ray-start", "shutdown on MainThread"]
