@@ -118,6 +118,21 @@ def test_valid_edges_are_accepted() -> None:
     assert ElasticNetParams(max_iter=np.int64(5)).max_iter == 5  # type: ignore[arg-type]
 
 
+def test_evaluate_fits_exactly_what_a_checked_elasticnet_fits(prepared: PreparedSplit) -> None:
+    """`evaluate` skips sklearn's input validation; the fit and the predictions stay the same to the bit."""
+    from sklearn.linear_model import ElasticNet
+
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        params = ElasticNetParams(alpha=float(10 ** rng.uniform(-4, 1)), l1_ratio=float(rng.uniform()))
+        model = ElasticNet(alpha=params.alpha, l1_ratio=params.l1_ratio, max_iter=params.max_iter, tol=params.tol,
+                           random_state=0).fit(np.ascontiguousarray(prepared.x_train), prepared.y_train)
+        expected = score(prepared.y_val, model.predict(prepared.x_val))
+        metrics = evaluate(params, prepared, seed=0)
+        assert {"rmse": metrics.rmse, "mae": metrics.mae, "r2": metrics.r2} == expected, params
+        assert metrics.nonzero_coefs == int(np.count_nonzero(model.coef_))
+
+
 # --- failures --------------------------------------------------------------------------------
 
 
