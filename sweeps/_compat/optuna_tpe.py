@@ -1,6 +1,6 @@
 """Optuna internals, fenced: TPE fitted once per history, the study's trial cache, Study.ask's waiting-trial scan.
 
-Four assumptions about Optuna 5.0 that its public API does not promise:
+Five assumptions about Optuna 5.0 that its public API does not promise:
 
 - `TPESampler._sample` fits two Parzen estimators from `_split_trials` on every ask, and
   `_sample_relative` counts the history before it. Asking a batch with no result told in
@@ -11,6 +11,9 @@ Four assumptions about Optuna 5.0 that its public API does not promise:
   template (`enqueue_trial`). A storage that knows no WAITING trial exists may answer that
   scan with [] instead of reading every trial.
 - `FrozenTrial._trial_id` is what `optuna.Trial(study, trial_id)` takes, to resume a RUNNING trial.
+- `Study.tell` is `optuna.study._tell._tell_with_warning(study, trial, value_or_values, state,
+  skip_if_finished)` followed by a deep copy of the trial it returns (a third of a tell's cost);
+  `tell` calls the first alone.
 - A study caches its trials for the samplers in `Study._thread_local.cached_all_trials` (read
   from storage when None), only its own `ask` and `tell` drop that cache, and TPE reads trials
   only through it (`use_cache=True`). The caching sampler feeds the windowed sampler's shadow
@@ -25,14 +28,15 @@ Four assumptions about Optuna 5.0 that its public API does not promise:
   other kind of distribution (integer, categorical) keeps Optuna's own `sample` and `log_pdf`.
 
 Outside `TESTED_OPTUNA` the first two fall back, with one warning, to plain `TPESampler` and to
-the storage's own scan, and the fourth to a new `Study` over the same storage (public API, about
-10 us a tell); the third has no public equivalent and fails with a clear error.
+the storage's own scan, the fourth to `Study.tell` and the fifth to a new `Study` over the same
+storage (public API, about 10 us a tell); the third has no public equivalent and fails with a
+clear error.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +58,7 @@ __all__ = [
     "is_waiting_scan",
     "running_trial",
     "skips_waiting_scan",
+    "teller",
 ]
 
 TESTED_OPTUNA = "5.0.*"
@@ -294,6 +299,28 @@ class _CachingTPESampler(BatchTPESampler):
         best = np.arange(asks) * per_ask + np.argmax(score, axis=1)
         return [{name: dist.to_external_repr(samples[name][i].item()) for name, dist in search_space.items()}
                 for i in best]
+
+
+Teller = Callable[[Study, optuna.Trial, "Sequence[float] | None", "TrialState | None"], None]
+
+
+def _public_tell(study: Study, trial: optuna.Trial, values: Sequence[float] | None, state: TrialState | None) -> None:
+    study.tell(trial, values, state=state)
+
+
+def _tell_without_copy(study: Study, trial: optuna.Trial, values: Sequence[float] | None,
+                       state: TrialState | None) -> None:
+    from optuna.study._tell import _tell_with_warning
+
+    _tell_with_warning(study=study, trial=trial, value_or_values=values, state=state, skip_if_finished=False)
+
+
+def teller() -> Teller:
+    """`study.tell(trial, values, state=state)` as a function; on a tested Optuna, without the deep copy
+    of the finished trial that `Study.tell` returns and nobody here reads."""
+    if check_version("optuna", TESTED_OPTUNA, "Study.tell (a deep copy of each told trial)"):
+        return _tell_without_copy
+    return _public_tell
 
 
 def batch_tpe_sampler(**kwargs: Any) -> BatchTPESampler:

@@ -22,7 +22,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 from threadpoolctl import threadpool_limits
 
-from sweeps._compat.optuna_tpe import running_trial
+from sweeps._compat.optuna_tpe import running_trial, teller
 from sweeps.config import Config
 from sweeps.records import TrialRecord
 from sweeps.sweep.sampler import WindowedTPESampler, batch_limit, make_sampler
@@ -82,6 +82,7 @@ class Coordinator:
         # Read before anything is written: whether the trial table still describes the journal.
         table_fresh = read_table(state.folder, state.journal) is not None
         self.table = TableWriter(state.folder, state.journal)
+        self._tell_study = teller()
         sampler = make_sampler(sweep.sampler, len(sweep.objectives), sweep.seed, sweep.tpe_window, self.dists)
         self.study = optuna.create_study(
             study_name=name,
@@ -182,11 +183,11 @@ class Coordinator:
         trial.set_user_attr(RESULT_ATTR, attrs)
         record = TrialRecord(self.name, trial.number, {}, result.get("metrics") or {}, result["state"])
         if record.is_usable(self.metrics):
-            self.study.tell(trial, [record.metrics[m] for m in self.metrics])
+            self._tell_study(self.study, trial, [record.metrics[m] for m in self.metrics], None)
             self.table.add(row_of(trial.number, "COMPLETE", params, attrs))
         else:
             # Told explicitly as FAIL: Tune's OptunaSearch would only warn and let the trial vanish.
-            self.study.tell(trial, state=TrialState.FAIL)
+            self._tell_study(self.study, trial, None, TrialState.FAIL)
             self.table.add(row_of(trial.number, "FAIL", params, attrs))
         self.told += 1
 
@@ -201,7 +202,7 @@ class Coordinator:
     def _tell_failed(self, trial: optuna.Trial, params: dict[str, Any], worker: str, reason: str) -> None:
         attrs = record_attrs({"error": reason, "worker": worker})
         trial.set_user_attr(RESULT_ATTR, attrs)
-        self.study.tell(trial, state=TrialState.FAIL)
+        self._tell_study(self.study, trial, None, TrialState.FAIL)
         self.table.add(row_of(trial.number, "FAIL", params, attrs))
         self.told += 1
 

@@ -19,10 +19,12 @@ import sweeps._compat
 from sweeps._compat.optuna_tpe import (
     WAITING_SCAN_STATES,
     BatchTPESampler,
+    _public_tell,
     batch_tpe_sampler,
     is_waiting_scan,
     running_trial,
     skips_waiting_scan,
+    teller,
 )
 from sweeps.errors import RunFailed
 from sweeps.sweep.state import SweepState
@@ -294,3 +296,20 @@ def test_running_trials_given_to_caching_tpe_are_what_plain_tpe_lies_about(n_obj
     lying = _study(liar_sampler, n_objectives, history)
     truthful = _study(batch_tpe_sampler(seed=5, multivariate=True, constant_liar=False), n_objectives, history)
     assert [t.params for t in _asks(lying, 8)] != [t.params for t in _asks(truthful, 8)]
+
+
+@pytest.mark.parametrize("tested", [True, False], ids=["without copy", "public fallback"])
+def test_teller_tells_as_study_tell_does(tested: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not tested:
+        monkeypatch.setattr(sweeps._compat, "installed_version", lambda package: "5.3.0")
+    tell = teller()
+    assert (tell is not _public_tell) is tested
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    ok, failed, reference = study.ask(SPACE), study.ask(SPACE), study.ask(SPACE)
+    tell(study, ok, [0.5, 2.0], None)
+    tell(study, failed, None, TrialState.FAIL)
+    study.tell(reference, [0.5, 2.0])
+    told = {t.number: t for t in study.get_trials()}
+    assert (told[ok.number].state, told[ok.number].values) == (told[reference.number].state, [0.5, 2.0])
+    assert told[failed.number].state == TrialState.FAIL
+    assert study._thread_local.cached_all_trials is None, "the trials cached for the sampler are dropped, as tell does"
