@@ -21,6 +21,8 @@ __all__ = [
     "BATCH_FLOOR",
     "BATCH_SHARE",
     "CONSTANT_LIAR",
+    "EI_CANDIDATES_ONE_OBJECTIVE",
+    "EI_CANDIDATES_SEVERAL",
     "REPEAT_CONSTRAINT",
     "WindowedTPESampler",
     "batch_limit",
@@ -33,6 +35,15 @@ _FINISHED_FOR_TPE = (TrialState.COMPLETE,)
 BATCH_FLOOR, BATCH_SHARE = 4, 32
 CONSTANT_LIAR = True
 """Whether the windowed TPE counts configs asked and not told yet among the bad trials (see its doc)."""
+EI_CANDIDATES_ONE_OBJECTIVE, EI_CANDIDATES_SEVERAL = 64, 24
+"""Candidates each ask draws and ranks by expected improvement (TPE's `n_ei_candidates`; Optuna's is 24).
+
+One objective: a batch is asked from one fit, where plain TPE refits after every trial, and the
+greedier choice makes up for it. Median regret of the best rmse after 2,000 trials over 10 seeds,
+against plain TPE's (docs/benchmarks.md, search quality): 1.62x at 24, 1.28x at 64 (1.81x and
+1.24x after 500), for 0.6 ms more coordinator CPU a trial. Two objectives keep 24: their front's
+hypervolume already passes plain multi-objective TPE's at 24.
+"""
 REPEAT_CONSTRAINT = "repeats_a_known_point"
 """Constraint set on a shadow trial whose objective values an earlier shadow trial already reached."""
 
@@ -111,6 +122,7 @@ class WindowedTPESampler(BaseSampler):
         seed: int | None = None,
         n_startup_trials: int = 10,
         constant_liar: bool = CONSTANT_LIAR,
+        n_ei_candidates: int = 24,
     ) -> None:
         self._space = {k: v for k, v in search_space.items() if not v.single()}
         self._window = window
@@ -118,7 +130,8 @@ class WindowedTPESampler(BaseSampler):
         self._in_flight: dict[int, FrozenTrial] = {}  # asked, not told yet: TPE's "bad" trials when lying
         # TPE's fit is cached between tells where Optuna's internals allow it (sweeps._compat.optuna_tpe).
         self._tpe = batch_tpe_sampler(
-            seed=seed, n_startup_trials=n_startup_trials, multivariate=True, constant_liar=False
+            seed=seed, n_startup_trials=n_startup_trials, multivariate=True, constant_liar=False,
+            n_ei_candidates=n_ei_candidates,
         )
         self._random = RandomSampler(seed=None if seed is None else seed + 1)
         self._elite: list[FrozenTrial] = []
@@ -254,7 +267,8 @@ def make_sampler(
     ask cost grows with the study like plain TPE's; it stays available as `nsga2`.
     """
     if name in ("auto", "tpe"):
-        return WindowedTPESampler(search_space, window=window, seed=seed)
+        candidates = EI_CANDIDATES_ONE_OBJECTIVE if n_objectives == 1 else EI_CANDIDATES_SEVERAL
+        return WindowedTPESampler(search_space, window=window, seed=seed, n_ei_candidates=candidates)
     if name == "nsga2":
         return NSGAIISampler(seed=seed)
     return RandomSampler(seed=seed)

@@ -63,6 +63,13 @@ def test_make_sampler_builds_the_named_sampler(name: str, kind: type[BaseSampler
     assert type(make_sampler(name, 1, seed=0, window=100, search_space=PLANE)) is kind
 
 
+@pytest.mark.parametrize(("n_objectives", "candidates"), [(1, 64), (2, 24), (3, 24)])
+def test_one_objective_ranks_more_candidates_an_ask(n_objectives: int, candidates: int) -> None:
+    sampler = make_sampler("auto", n_objectives, seed=0, window=100, search_space=PLANE)
+    assert isinstance(sampler, WindowedTPESampler)
+    assert sampler._tpe._n_ei_candidates == candidates
+
+
 def test_same_seed_asks_the_same_and_another_seed_does_not() -> None:
     def asks(seed: int) -> list[dict[str, Any]]:
         return [t.params for t in _run(WindowedTPESampler(PLANE, window=20, seed=seed), 60).trials]
