@@ -72,12 +72,12 @@ def _exit(code: object) -> NoReturn:
 
     After a sweep the process holds Ray, Tune, MLflow, scikit-learn and pandas, and tearing their
     modules down takes most of a second that no one sees anything for. What an exit does that
-    matters is done here, in the interpreter's order: other non-daemon threads joined, `atexit`
-    functions run (Ray's, MLflow's, the finalizers of temporary folders), output flushed.
+    matters is done here, in the interpreter's order: idle thread pools stopped and other
+    non-daemon threads joined, `atexit` functions run (Ray's, MLflow's, the finalizers of
+    temporary folders), output flushed.
     """
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # As the interpreter does first: thread-pool workers told to stop, then non-daemon threads joined.
+    threading._shutdown()  # type: ignore[attr-defined]
     if code is None:
         status = 0
     elif isinstance(code, int):

@@ -31,6 +31,10 @@ def test_threads_are_joined_and_atexit_functions_run_before_the_process_ends(tmp
             time.sleep(0.3)
             (out / "thread").write_text("joined")
         threading.Thread(target=late).start()
+        # An idle pool's worker threads (MLflow's artifact uploads keep one) must not hold the exit.
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(2)
+        pool.submit(lambda: None).result()
         atexit.register(lambda: (out / "atexit").write_text("ran"))
         sys.argv = ["sweeps", "--version"]
         sweeps.cli.main()
