@@ -56,6 +56,7 @@ class Measured:
     load1: float = 0.0
     cpu_s: float = 0.0
     round: int = 0
+    phases: dict[str, float] | None = None  # sweeps' own timeline (its --json), s since the process started
 
 
 def _children() -> dict[int, list[int]]:
@@ -148,14 +149,16 @@ def measure(name: str, command: list[str], env: dict[str, str], time_v: bool = F
     print(f"\n$ {' '.join(command)}", flush=True)
     load1 = os.getloadavg()[0]
     started = time.perf_counter()
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
         with TreeSampler(process.pid) as sampler:
             code = process.wait()
         wall = time.perf_counter() - started
         if code != 0:  # what went wrong, for the record
             stderr.seek(0)
             print(stderr.read().decode(errors="replace")[-3000:], file=sys.stderr)
+        stdout.seek(0)
+        phases = _phases(stdout.read().decode(errors="replace")) if "--json" in command else None
     max_rss = None
     if report is not None:
         for line in report.read_text(encoding="utf-8").splitlines():
@@ -164,8 +167,18 @@ def measure(name: str, command: list[str], env: dict[str, str], time_v: bool = F
         report.unlink()
     return Measured(
         name, command, wall, sampler.peak_rss / 1024, sampler.peak_pss / 1024, len(sampler.seen), code, max_rss, load1,
-        sum(sampler.cpu.values()),
+        sum(sampler.cpu.values()), phases=phases,
     )
+
+
+def _phases(printed: str) -> dict[str, float] | None:
+    """The `phases` of `sweeps predict --json`'s summary; None when it printed none (a failed run)."""
+    try:
+        summary = json.loads(printed[printed.index("{"):])
+    except ValueError:
+        return None
+    phases = summary.get("phases") if isinstance(summary, dict) else None
+    return phases if isinstance(phases, dict) else None
 
 
 def register_model(workdir: Path, data: Path) -> str:
@@ -274,6 +287,14 @@ def check_outputs(
     return checks
 
 
+def print_timelines(results: list[Measured]) -> None:
+    """Where each sweeps run spent its wall time: its own phases, then the exit as the bench saw it."""
+    for r in results:
+        if r.phases:
+            print(f"round {r.round}: sweeps predict's timeline (s since start): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in r.phases.items()) + f"; exit {r.wall_s:.1f}")
+
+
 def machine() -> str:
     memory = next(
         (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), "?"
@@ -309,7 +330,7 @@ def main() -> None:
     output = workdir / ("sweeps-out.parquet" if args.single_file else "sweeps-out")
     sweeps = [
         str(ROOT / ".venv" / "bin" / "sweeps"), "predict", f"models:/{MODEL}@champion", "--input", str(source),
-        "--output", str(output), "--tracking-uri", uri, "--quiet", "--overwrite",
+        "--output", str(output), "--tracking-uri", uri, "--quiet", "--overwrite", "--json",
     ]
     mlflow_out = workdir / "mlflow-out.json"
     mlflow = [
@@ -338,6 +359,7 @@ def main() -> None:
         print(f"{r.round:5d} {r.name:24s} {r.exit_code:4d} {r.load1:6.2f} {r.wall_s:8.1f} {r.cpu_s:7.1f}"
               f" {args.rows / r.wall_s:12,.0f} {r.cpu_s / r.wall_s:5.2f}"
               f" {r.peak_rss_mb:12.0f} {r.peak_pss_mb:12.0f} {r.processes:6d} {extra}")
+    print_timelines(results)
     for round_ in range(args.rounds):
         pair = [r for r in results if r.round == round_]
         if len(pair) == 2:

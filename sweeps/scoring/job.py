@@ -1,14 +1,16 @@
 """`sweeps predict` end to end: refuse early, score on Ray Data, count every row, publish, record.
 
-1. Before any work: the model URI, the version, its lineage tags, its signature (read from its
-   MLmodel file alone), the input's columns (a missing feature column names the column and the
-   file) and the output paths. A second or so; nothing is written and Ray is not started if any
-   of them is wrong.
-2. Then three things at once, as they take seconds each and need nothing of each other: Ray
-   starts (this thread); the model is loaded under the endpoint's trust rules (a thread: most
-   of it is importing skops and scikit-learn); one pass over the input's bytes hashes it and
-   cuts it into fragments (a thread: hashing and reads release the GIL). A model the trust
-   rules refuse stops the job there, and a Ray this command started is stopped.
+1. Before Ray starts, everything that can refuse the job: the model URI, the version, its
+   lineage tags, its model folder under the endpoint's trust rules (`trust.check_model_dir`:
+   flavors, file format, the types a skops file holds; nothing is deserialized), its signature,
+   the input's columns (a missing feature column names the column and the file) and the output
+   paths. Nothing is written and Ray is not started if any of them is wrong. The one pass over
+   the input's bytes (hash and fragments, `reader.plan_input`) starts as soon as the columns are
+   known, on a thread, so that it runs while the trust check imports skops and scikit-learn; a
+   refusal stops it.
+2. Ray's start (`sweeps.sweep.launch.RayStart`, as a sweep starts it) then runs while the model
+   is loaded (a thread) and the pass over the input ends; they take seconds each and need
+   nothing of each other. A Ray this command started is stopped however the job ends.
 3. The MLflow run (kind `batch-scoring`) is created; its id and the model's identity go into
    every output file's metadata.
 4. The Ray Data pipeline (`source.run_pipeline`) writes part files to a staging folder; each
@@ -16,6 +18,10 @@
 5. The counts are checked against the plan and against the files' footers, the staging folder
    is published with a rename, and the run ends FINISHED with the figures. On any failure the
    staging folder is removed and the run ends FAILED (KILLED on Ctrl+C) with the reason.
+
+`PredictResult.phases` is the job's timeline, in seconds since the process started: `imported`
+(the command's imports done and the store open), `checked`, `model_loaded`, `input_scanned`,
+`ray_ready`, `first_block` and `last_block` (back at the driver), `published` and `ray_stopped`.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,10 +50,11 @@ from sweeps.errors import PROJECT_ERRORS, RunFailed, UsageError
 from sweeps.registry.versions import parse_model_uri, resolve_version
 from sweeps.scoring.batch import BadRows, BlockSpec, FragmentCount, RowCounts, account
 from sweeps.scoring.output import BlockWriter, OutputTarget, discard, plan_output, publish, seal
-from sweeps.scoring.reader import InputPlan, inspect_input, plan_input
+from sweeps.scoring.reader import InputLayout, InputPlan, inspect_input, plan_input
 from sweeps.scoring.runs import BatchRun, end_batch_run, start_batch_run, training_run
 from sweeps.serving.model import ServedModel, load_served_model
-from sweeps.serving.trust import MAX_MLMODEL_BYTES, MLMODEL, ModelTrust, check_lineage
+from sweeps.serving.trust import MAX_MLMODEL_BYTES, MLMODEL, ModelTrust, check_lineage, check_model_dir
+from sweeps.sweep.launch import RayStart, process_started
 from sweeps.tracking.names import (
     TAG_BAD_ROWS,
     TAG_BATCH_RUN,
@@ -61,7 +68,7 @@ from sweeps.tracking.names import (
     TAG_TRAINING_RUN,
 )
 
-__all__ = ["PredictProgress", "PredictRequest", "PredictResult", "connect_ray", "predict"]
+__all__ = ["PredictProgress", "PredictRequest", "PredictResult", "predict", "ray_ready"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +119,7 @@ class PredictResult:
     scoring_s: float
     output_files: int = 0
     output_bytes: int = 0
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -122,29 +130,17 @@ class PredictResult:
         return asdict(self) | {"rows_per_s": self.rows_per_s}
 
 
-def connect_ray(address: str | None) -> bool:
-    """Connect to (or start) Ray as a sweep does; True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    target = address or os.environ.get("RAY_ADDRESS")
+def ray_ready(start: RayStart, address: str | None) -> None:
+    """Wait for Ray's start; a start that failed is a `RunFailed` naming where (`address`, RAY_ADDRESS or local)."""
     try:
-        if target:
-            ray.init(address=target, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(
-                address="local",
-                num_cpus=os.cpu_count() or 1,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+        start.wait()
     except Exception as exc:  # Ray raises a bare Exception when its node times out starting
+        if isinstance(exc, PROJECT_ERRORS):
+            raise
+        target = address or os.environ.get("RAY_ADDRESS")
         where = f"the Ray cluster at {target}" if target else "a local Ray"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RunFailed(f"could not start or reach {where}: {first}") from exc
-    return True
 
 
 def _check_shared(paths: list[Path]) -> None:
@@ -220,25 +216,26 @@ def _ready(value: T) -> Callable[[], T]:
     return lambda: value
 
 
-def _model_columns(client: MlflowClient, tracking_uri: str, version: ModelVersion) -> tuple[str, ...] | None:
-    """The version's input column names from its MLmodel file alone (no model file is read), or None.
+def _download_model(client: MlflowClient, tracking_uri: str, version: ModelVersion, into: Path) -> Path:
+    """The version's model folder, downloaded as the endpoint downloads it (through our client's store)."""
+    location = client.get_model_version_download_uri(version.name, str(version.version))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(into), tracking_uri=tracking_uri)
+    return Path(local)
+
+
+def _signature_names(model_dir: Path) -> tuple[str, ...] | None:
+    """The input column names of the folder's MLmodel file alone (no model file is read), or None.
 
     None when the file is missing, too large or has no named signature: the full load then
     comes first and gives the endpoint's own refusal.
     """
-    location = client.get_model_version_download_uri(version.name, str(version.version))
-    with tempfile.TemporaryDirectory(prefix="sweeps-predict-") as tmp:
-        try:
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{location.rstrip('/')}/{MLMODEL}", dst_path=tmp, tracking_uri=tracking_uri
-                )
-            )
-            if local.is_symlink() or not local.is_file() or local.stat().st_size > MAX_MLMODEL_BYTES:
-                return None
-            schema = Model.load(str(local)).get_input_schema()
-        except (MlflowException, OSError, ValueError, yaml.YAMLError):
+    path = model_dir / MLMODEL
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > MAX_MLMODEL_BYTES:
             return None
+        schema = Model.load(str(path)).get_input_schema()
+    except (MlflowException, OSError, ValueError, yaml.YAMLError):
+        return None
     if schema is None or not schema.has_input_names():
         return None
     return tuple(schema.input_names())
@@ -253,6 +250,50 @@ def _load_model(
     return model
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What the checks before Ray found: the layout, the output, the model if it had to be loaded already."""
+
+    layout: InputLayout
+    target: OutputTarget
+    columns: tuple[str, ...]
+    loaded: ServedModel | None
+    wait_for_plan: Callable[[], InputPlan]
+
+
+def _check(
+    client: MlflowClient, tracking_uri: str, request: PredictRequest, version: ModelVersion, trust: ModelTrust
+) -> _Checked:
+    """Every refusal the job can meet before any work: the version's lineage, its model folder, the input, the output.
+
+    The pass over the input starts as soon as its columns are checked, and is stopped if the
+    model folder is then refused.
+    """
+    check_lineage(version, trust)  # the endpoint's first refusal, from tags alone
+    where = f"Model {version.name!r} version {version.version}"
+    with tempfile.TemporaryDirectory(prefix="sweeps-predict-") as tmp:
+        model_dir = _download_model(client, tracking_uri, version, Path(tmp))
+        columns = _signature_names(model_dir)
+        loaded: ServedModel | None = None
+        if columns is None:  # no readable signature: the full load refuses the version (or finds the columns)
+            loaded = load_served_model(client, tracking_uri, version, trust)
+            columns = loaded.columns
+        layout = inspect_input(request.input, columns)
+        target = plan_output(request.output, request.errors, request.bad_rows, request.overwrite, request.input)
+        stop = threading.Event()
+        wait_for_plan = _in_background("plan", functools.partial(plan_input, layout, request.fragment_bytes, stop),
+                                       nice=True)
+        try:
+            if loaded is None:  # the load already checked it
+                check_model_dir(model_dir, trust, where)
+        except BaseException:
+            stop.set()
+            with contextlib.suppress(Exception):  # the refusal is what the user must see
+                wait_for_plan()
+            raise
+    return _Checked(layout, target, columns, loaded, wait_for_plan)
+
+
 def predict(
     client: MlflowClient,
     tracking_uri: str,
@@ -265,37 +306,42 @@ def predict(
     The version is loaded under the endpoint's rules (`trust`, from `serve.*` of the config).
     """
     started = time.perf_counter()
+    origin = process_started()
+    phases: dict[str, float] = {}
+
+    def mark(phase: str) -> None:
+        phases[phase] = round(time.perf_counter() - origin, 3)
+
+    mark("imported")
     say = on_progress or (lambda _: None)
+    trust = trust or ModelTrust()
     version = resolve_version(client, parse_model_uri(request.model_uri))
-    say(PredictProgress(f"loading {version.name} version {version.version}"))
+    say(PredictProgress(f"checking {version.name} version {version.version}"))
     training = training_run(client, version)  # the run the job's MLflow run will link to
-    check_lineage(version, trust or ModelTrust())  # the endpoint's first refusal, from tags alone
-    columns = _model_columns(client, tracking_uri, version)
-    loaded: ServedModel | None = None
-    if columns is None:  # no readable signature: the full load refuses the version (or finds the columns)
-        loaded = load_served_model(client, tracking_uri, version, trust)
-        columns = loaded.columns
-    layout = inspect_input(request.input, columns)
-    target = plan_output(request.output, request.errors, request.bad_rows, request.overwrite, request.input)
+    checked = _check(client, tracking_uri, request, version, trust)
+    layout, target, columns = checked.layout, checked.target, checked.columns
+    mark("checked")
     say(PredictProgress(f"reading {len(layout.files)} file(s), loading the model and starting Ray"))
-    wait_for_plan = _in_background("plan", functools.partial(plan_input, layout, request.fragment_bytes), nice=True)
-    wait_for_model = (
-        _in_background("model", functools.partial(_load_model, client, tracking_uri, version, trust))
-        if loaded is None
-        else _ready(loaded)
-    )
-    owns_ray = False
+    starting = RayStart(request.address, os.cpu_count() or 1)
     try:
+        wait_for_model = (
+            _in_background("model", functools.partial(_load_model, client, tracking_uri, version, trust))
+            if checked.loaded is None
+            else _ready(checked.loaded)
+        )
         try:
-            owns_ray = connect_ray(request.address)
+            model = wait_for_model()
+            mark("model_loaded")
         finally:
-            model = wait_for_model()  # joined on every path: no thread outlives the call
-            plan = wait_for_plan()
+            plan = checked.wait_for_plan()  # joined on every path: no thread outlives the call
+            mark("input_scanned")
         if model.columns != columns:
             raise RunFailed(
                 f"Model {version.name!r} version {version.version}: its MLmodel file named the columns {list(columns)} "
                 f"but the loaded model has {list(model.columns)}; was the version's model replaced meanwhile?"
             )
+        ray_ready(starting, request.address)
+        mark("ray_ready")
         if request.address or os.environ.get("RAY_ADDRESS"):
             _check_shared([layout.root.absolute(), target.output.parent])
         tags = {
@@ -318,14 +364,14 @@ def predict(
             BlockSpec.from_plan(plan), model.predict, request.bad_rows, str(target.parts), str(target.error_parts),
             metadata,
         )
-        result = _score(client, request, plan, target, run, writer, started, say)
+        result = _score(client, request, plan, target, run, writer, started, say, mark, phases)
         log.info("scored %s with %s (fast path: %s)", request.input, request.model_uri, model.fast_path)
         return result
     finally:
-        if owns_ray:
-            import ray
-
-            ray.shutdown()
+        starting.stop()
+        # Last, after the run's figures were logged; the result holds this same dict, so it has this phase too.
+        mark("ray_stopped")
+        log.info("timeline of the job (s since the process started): %s", phases)
 
 
 def _score(
@@ -337,6 +383,8 @@ def _score(
     writer: BlockWriter,
     started: float,
     say: Callable[[PredictProgress], None],
+    mark: Callable[[str], None],
+    phases: dict[str, float],
 ) -> PredictResult:
     counts: list[FragmentCount] = []
     scoring_started = time.perf_counter()
@@ -362,6 +410,8 @@ def _score(
         say(PredictProgress("scoring", 0, plan.rows, 0.0))
         try:
             for summary in _summaries(plan, writer):
+                if "first_block" not in phases:
+                    mark("first_block")
                 for row in summary.to_pylist():
                     counts.append(FragmentCount(row["fragment"], row["rows_in"], row["rows_out"], row["rows_bad"],
                                                 row["blank"]))
@@ -369,6 +419,7 @@ def _score(
                 say(PredictProgress("scoring", done, plan.rows, time.perf_counter() - scoring_started))
         finally:
             scoring_s = time.perf_counter() - scoring_started
+            mark("last_block")
         totals = account(plan, counts)
         changed = plan.changed_files()
         if changed:
@@ -398,7 +449,8 @@ def _score(
         "output_bytes": float(sealed.bytes),
     }
     document["counts"] = asdict(totals)
-    document["timings"] = {"wall_s": wall_s, "scoring_s": scoring_s}
+    mark("published")
+    document["timings"] = {"wall_s": wall_s, "scoring_s": scoring_s, "phases": dict(phases)}
     end_batch_run(client, run, "FINISHED", metrics, document)
     return PredictResult(
         model_uri=request.model_uri,
@@ -417,6 +469,7 @@ def _score(
         scoring_s=scoring_s,
         output_files=sealed.files,
         output_bytes=sealed.bytes,
+        phases=phases,
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sweeps.errors import DataError, InvalidInput
+from sweeps.errors import DataError, InvalidInput, RunFailed
 from sweeps.serving.protocol import match_columns
 
 __all__ = [
@@ -294,17 +295,22 @@ def _parquet_schema(files: Sequence[InputFile], features: Sequence[str]) -> pa.S
 # --- plan: one pass over every byte -----------------------------------------------------------
 
 
-def plan_input(layout: InputLayout, fragment_bytes: int = 16 << 20) -> InputPlan:
-    """Hash every file and cut it into fragments of about `fragment_bytes` (CSV) or one row group (Parquet)."""
+def plan_input(layout: InputLayout, fragment_bytes: int = 16 << 20, stop: threading.Event | None = None) -> InputPlan:
+    """Hash every file and cut it into fragments of about `fragment_bytes` (CSV) or one row group (Parquet).
+
+    `stop`, when set, ends the pass early with `RunFailed`: the caller refused the job meanwhile
+    and the plan would be thrown away.
+    """
     if fragment_bytes < 1:
         raise DataError(f"the fragment size must be at least 1 byte, got {fragment_bytes}.")
+    stop = stop or threading.Event()
     fragments: list[Fragment] = []
     digests = []
     stamps = []
     for index, file in enumerate(layout.files):
         planner = _plan_csv if layout.format == "csv" else _plan_parquet
         stamps.append(_stamp(file.path))
-        digests.append(planner(index, file, fragment_bytes, fragments))
+        digests.append(planner(index, file, fragment_bytes, fragments, stop))
     if len(layout.files) == 1 and layout.root.is_file():
         digest = digests[0]
     else:  # the `sha256sum` listing of the folder, hashed: checkable with standard tools
@@ -315,7 +321,12 @@ def plan_input(layout: InputLayout, fragment_bytes: int = 16 << 20) -> InputPlan
     return InputPlan(layout, tuple(fragments), f"sha256:{digest}", tuple(digests), tuple(stamps))
 
 
-def _plan_csv(index: int, file: InputFile, target: int, fragments: list[Fragment]) -> str:
+def _stopped(stop: threading.Event, path: Path) -> None:
+    if stop.is_set():
+        raise RunFailed(f"the pass over {path} was stopped before its end; no plan was made.")
+
+
+def _plan_csv(index: int, file: InputFile, target: int, fragments: list[Fragment], stop: threading.Event) -> str:
     """Cut after the last line end of each chunk read: the bytes are hashed and counted once, never copied."""
     hasher = hashlib.sha256()
     with file.path.open("rb") as handle:
@@ -323,6 +334,7 @@ def _plan_csv(index: int, file: InputFile, target: int, fragments: list[Fragment
         start = position = file.data_start  # start: the first byte of the fragment being built
         line = 2
         while chunk := handle.read(target):
+            _stopped(stop, file.path)
             hasher.update(chunk)
             lines = chunk.count(b"\n")
             if lines:  # else a line longer than a fragment: keep reading
@@ -335,10 +347,11 @@ def _plan_csv(index: int, file: InputFile, target: int, fragments: list[Fragment
     return hasher.hexdigest()
 
 
-def _plan_parquet(index: int, file: InputFile, target: int, fragments: list[Fragment]) -> str:
+def _plan_parquet(index: int, file: InputFile, target: int, fragments: list[Fragment], stop: threading.Event) -> str:
     hasher = hashlib.sha256()
     with file.path.open("rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):
+            _stopped(stop, file.path)
             hasher.update(chunk)
     metadata = pq.ParquetFile(file.path).metadata
     row = 1

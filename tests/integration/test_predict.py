@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
@@ -26,6 +33,7 @@ from sweeps.config import CONFIG_DIR, load_config
 from sweeps.pipeline import run as run_pipeline
 from sweeps.scoring.output import read_metadata
 from sweeps.scoring.runs import batch_scoring_runs
+from sweeps.serving.trust import LINEAGE_TAGS
 from sweeps.tracking.client import use_tracking
 from training.data import FEATURES
 
@@ -235,4 +243,42 @@ def test_a_version_without_lineage_tags_is_refused_as_the_endpoint_refuses_it(
     assert result.exit_code == 2, result.output
     assert f"version {bare.version} lacks the lineage tag(s)" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wines.csv"]
+    assert len(registry.runs()) == before
+
+
+def test_a_model_file_in_a_format_that_runs_code_is_refused_before_ray_starts(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A planted version (the champion's folder, its MLmodel now saying pickle, with lineage tags) is refused
+    from its files alone, before Ray's start: run as a user runs it, in a process of its own with a Ray temp
+    folder of its own, where any start of Ray makes its session folder first."""
+    champion = registry.client.get_model_version(MODEL, "1")
+    planted = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=registry.client.get_model_version_download_uri(MODEL, "1"),
+            dst_path=str(tmp_path / "planted"),
+            tracking_uri=registry.uri,
+        )
+    )
+    document = yaml.safe_load((planted / "MLmodel").read_text(encoding="utf-8"))
+    document["flavors"]["sklearn"]["serialization_format"] = "pickle"
+    (planted / "MLmodel").write_text(yaml.safe_dump(document), encoding="utf-8")
+    lineage = {tag: champion.tags[tag] for tag in LINEAGE_TAGS}
+    version = registry.client.create_model_version(MODEL, source=str(planted), run_id=champion.run_id, tags=lineage)
+    source = write_csv(registry.wines.iloc[:100], tmp_path / "wines.csv")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    command = [sys.executable, "-m", "sweeps", "predict", f"models:/{MODEL}/{version.version}", "-i", str(source),
+               "-o", str(tmp_path / "out"), "--tracking-uri", registry.uri, "--quiet"]
+    before = len(registry.runs())
+    try:
+        done = subprocess.run(command, env=env | {"RAY_TMPDIR": str(ray_tmp)}, capture_output=True, text=True,
+                              timeout=120, check=False)
+        started = sorted(p.name for p in ray_tmp.rglob("session_*"))
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"version {version.version} is serialized as 'pickle'" in done.stdout + done.stderr
+    assert started == [], "Ray was started for a model the trust rules refuse"
+    assert not (tmp_path / "out").exists()
     assert len(registry.runs()) == before

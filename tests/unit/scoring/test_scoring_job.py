@@ -1,4 +1,7 @@
-"""Where `sweeps predict` runs: `--address`, then RAY_ADDRESS, else a private local Ray; no Ray is started here."""
+"""Where `sweeps predict` runs: a sweep's Ray start (`launch.RayStart`), its failure named; the CLI's options passed on.
+
+Which address wins (`--address`, RAY_ADDRESS, a private local Ray) is `launch.connect_ray`'s, tested with it.
+"""
 
 from __future__ import annotations
 
@@ -7,60 +10,42 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 from typer.testing import CliRunner
 
 import sweeps.tracking.client as tracking_client
 from sweeps.cli import app
 from sweeps.errors import RunFailed
 from sweeps.scoring import job
-from sweeps.scoring.job import PredictRequest, connect_ray
+from sweeps.scoring.job import PredictRequest, ray_ready
+from sweeps.sweep import launch
+from sweeps.sweep.launch import RayStart
 
 
-@pytest.fixture
-def inits(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Every `ray.init` call's keyword arguments, with Ray itself never started."""
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return calls
-
-
-def test_the_address_given_wins_over_ray_address(inits: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
-    assert connect_ray("10.0.0.1:6379") is True
-    assert inits[0]["address"] == "10.0.0.1:6379"
-
-
-def test_ray_address_is_used_when_no_address_is_given(
-    inits: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
-    connect_ray(None)
-    assert inits == [{"address": "ray://head:10001", "log_to_driver": False, "configure_logging": False}]
-
-
-def test_without_either_a_private_local_ray_uses_every_core(inits: list[dict[str, Any]]) -> None:
-    connect_ray(None)
-    assert inits[0]["address"] == "local"  # never a `ray start` cluster that happens to run here
-    assert inits[0]["num_cpus"] >= 1
-
-
-def test_a_ray_already_connected_is_used_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)
-    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("ray.init called"))
-    assert connect_ray("10.0.0.1:6379") is False
-
-
-def test_an_unreachable_cluster_is_a_failed_run_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(**kwargs: Any) -> None:
+def test_a_cluster_that_cannot_be_reached_is_a_failed_run_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(address: str | None, concurrency: int) -> bool:
         raise ConnectionError("Could not find any running Ray instance.\nmore detail")
 
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", refuse)
-    with pytest.raises(RunFailed, match=r"could not start or reach the Ray cluster at 10\.0\.0\.1:6379: Could not"):
-        connect_ray("10.0.0.1:6379")
+    monkeypatch.setattr(launch, "connect_ray", refuse)
+    start = RayStart("10.0.0.1:6379", 2)
+    try:
+        with pytest.raises(RunFailed, match=r"could not start or reach the Ray cluster at 10\.0\.0\.1:6379: Could not"):
+            ray_ready(start, "10.0.0.1:6379")
+    finally:
+        start.stop()
+
+
+def test_a_local_start_that_fails_names_the_local_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    def time_out(address: str | None, concurrency: int) -> bool:
+        raise Exception("The current node timed out during startup.")  # what Ray raises, bare
+
+    monkeypatch.setattr(launch, "connect_ray", time_out)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    start = RayStart(None, 2)
+    try:
+        with pytest.raises(RunFailed, match=r"could not start or reach a local Ray: The current node timed out"):
+            ray_ready(start, None)
+    finally:
+        start.stop()
 
 
 def test_the_cli_passes_address_and_the_job_s_options_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

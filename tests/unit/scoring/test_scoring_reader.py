@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweeps.errors import DataError
+from sweeps.errors import DataError, RunFailed
 from sweeps.scoring.reader import (
     BLANK_LINE,
     FRAGMENT_COLUMN,
@@ -224,3 +227,18 @@ def test_a_file_rewritten_after_it_was_hashed_is_reported(tmp_path: Path) -> Non
     assert plan.changed_files() == [path]
     path.unlink()
     assert plan.changed_files() == [path]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_pass_over_the_input_stops_when_the_job_is_refused_meanwhile(tmp_path: Path, fmt: str) -> None:
+    """The job sets `stop` when it refuses the model while the input is being scanned: no plan is made."""
+    source = write(tmp_path / "w.csv", csv_text(50))
+    if fmt == "parquet":
+        source = tmp_path / "w.parquet"
+        pq.write_table(pacsv.read_csv(tmp_path / "w.csv"), source)
+    layout = inspect_input(source, FEATURES)
+    stop = threading.Event()
+    assert plan_input(layout, 100, stop).rows == 50  # not set: the whole pass
+    stop.set()
+    with pytest.raises(RunFailed, match=rf"the pass over {re.escape(str(source))} was stopped before its end"):
+        plan_input(layout, 100, stop)

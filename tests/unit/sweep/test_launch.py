@@ -7,12 +7,14 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import ray
 
 from sweeps.config import CONFIG_DIR, Config, load_config
 from sweeps.sweep import launch
-from sweeps.sweep.launch import RayStart, early_start, sweep_name
+from sweeps.sweep.launch import RayStart, connect_ray, early_start, sweep_name
 from sweeps.sweep.state import SweepState
 
 
@@ -85,3 +87,41 @@ def test_early_start_skips_a_completed_sweep_and_one_another_driver_runs(tmp_pat
     assert started is not None
     started.stop()
     assert fake_ray == ["start on sweeps-ray-start", "shutdown on MainThread"]
+
+
+@pytest.fixture
+def inits(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every `ray.init` call's keyword arguments, with Ray itself never started."""
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return calls
+
+
+def test_the_address_given_wins_over_ray_address(inits: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    assert connect_ray("10.0.0.1:6379", 2) is True
+    assert inits[0]["address"] == "10.0.0.1:6379"
+
+
+def test_ray_address_is_used_when_no_address_is_given(
+    inits: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    connect_ray(None, 2)
+    assert inits == [{"address": "ray://head:10001", "log_to_driver": False, "configure_logging": False}]
+
+
+def test_without_either_a_private_local_ray_has_every_core_and_at_least_the_concurrency(
+    inits: list[dict[str, Any]],
+) -> None:
+    connect_ray(None, 64)
+    assert inits[0]["address"] == "local"  # never a `ray start` cluster that happens to run here
+    assert inits[0]["num_cpus"] == 64
+
+
+def test_a_ray_already_connected_is_used_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("ray.init called"))
+    assert connect_ray("10.0.0.1:6379", 2) is False
