@@ -22,8 +22,6 @@ def report(
     as_json: JsonOption = False,
 ) -> None:
     """Write trials.csv, plots and a self-contained report.html for a sweep, and print the HTML's path."""
-    import optuna
-
     from sweeps.errors import UsageError
     from sweeps.report.document import write_report
     from sweeps.sweep.engine import load_outcome
@@ -37,9 +35,9 @@ def report(
             raise UsageError(f"sweep {name!r} in {state.folder} has no trials yet ({state.journal} is missing).")
         busy = nullcontext() if as_json else console.status(f"writing the report of {name}")
         with busy:
+            # The trial table (the journal only when the table is stale), as `sweeps show` reads it.
             outcome = load_outcome(root, name)
-            study = optuna.load_study(study_name=name, storage=state.storage())
-            files = write_report(outcome, out or Path("reports") / name, study)
+            files = write_report(outcome, out or Path("reports") / name)
         if as_json:
             print_json({"html": files.html, "trials_csv": files.trials_csv, "plots": files.plots, "notes": files.notes})
             return

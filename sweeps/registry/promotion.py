@@ -2,7 +2,9 @@
 
 Only the refitted model's test metrics decide promotion. Selecting the same sweep again with the
 same policy finds the version registered the first time (same sweep, policy, trial and dataset
-digest) and registers nothing.
+digest) and registers nothing. The front the choice was made from is recorded (in `--json` and
+the selection run's evidence) as distinct objective vectors with how many trials share each, as
+`sweeps show` lists it: 95,000 trials tied on one point are one entry, not 22 MB of JSON.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sweeps.dataset import DataBundle, load_data
 from sweeps.errors import SelectionError, UsageError
 from sweeps.records import TrialRecord
 from sweeps.registry.versions import PromotionResult, find_version, promote_if_better, register_version
-from sweeps.selection.policies import Selection
+from sweeps.selection.policies import Selection, front_points
 from sweeps.selection.refit import (
     MAX_REFITS,
     RefitScore,
@@ -84,6 +86,7 @@ class SelectionReport:
     selection_run_id: str | None = None
     sweep_run_id: str | None = None
     trial_run_id: str | None = None
+    objectives: tuple[str, ...] = ()
 
     @property
     def model_uri(self) -> str:
@@ -101,7 +104,7 @@ class SelectionReport:
             "policy": self.selection.policy,
             "reason": self.selection.reason,
             "chosen": {"number": chosen.number, "params": chosen.params, "validation_metrics": chosen.metrics},
-            "front": [{"number": r.number, "params": r.params, "metrics": r.metrics} for r in self.selection.front],
+            "front": front_points(self.selection, self.objectives),
             "usable": self.selection.usable,
             "excluded": self.selection.excluded,
             "test_metrics": self.test_metrics,
@@ -181,7 +184,7 @@ def _log_selection_run(
                 "usable": selection.usable,
                 "excluded": selection.excluded,
                 "chosen": {"number": chosen.number, "params": chosen.params, "metrics": chosen.metrics},
-                "front": [{"number": r.number, "params": r.params, "metrics": r.metrics} for r in selection.front],
+                "front": front_points(selection, [o.metric for o in config.sweep.objectives]),
                 "test_metrics": refit.test_metrics,
             }
             (folder / SELECTION_ARTIFACT).write_text(json.dumps(evidence, indent=2, default=str), encoding="utf-8")
@@ -251,6 +254,7 @@ def select_and_register(
     """
     uri = require_store(config, outcome.name)
     selection = choose(outcome, config)
+    objectives = tuple(o.metric for o in config.sweep.objectives)
     bundle = bundle or load_data(config.data, config.split)
     swept_digest = outcome.extra.get("dataset_digest")
     if swept_digest and swept_digest != bundle.digest:
@@ -291,7 +295,7 @@ def select_and_register(
                 return SelectionReport(
                     name, int(existing.version), False, outcome.name, passed_over(selection, record, notes),
                     recorded, metric, promotion, bundle.digest, uri,
-                    existing.run_id or None, run_tags.get(TAG_SWEEP_RUN), run_tags.get(TAG_TRIAL_RUN),
+                    existing.run_id or None, run_tags.get(TAG_SWEEP_RUN), run_tags.get(TAG_TRIAL_RUN), objectives,
                 )
             refit = refit_and_score(config, bundle, record)
             broken = refit_breaks_bounds(config, refit.test_metrics)
@@ -310,7 +314,7 @@ def select_and_register(
             )
             return SelectionReport(
                 name, int(version.version), True, outcome.name, selection, refit.test_metrics, metric, promotion,
-                bundle.digest, uri, run_id, links.get(TAG_SWEEP_RUN), links.get(TAG_TRIAL_RUN),
+                bundle.digest, uri, run_id, links.get(TAG_SWEEP_RUN), links.get(TAG_TRIAL_RUN), objectives,
             )
     raise SelectionError(
         f"sweep {outcome.name!r}: {selection.policy}, but no candidate's refitted model keeps the bounds on the "

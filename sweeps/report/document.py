@@ -1,7 +1,9 @@
 """A sweep's report as files: the trial table (CSV), plots (PNG) and one self-contained HTML page.
 
 `sweeps report NAME` writes it to a local folder; tracking logs the same files as artifacts of
-the sweep's parent run.
+the sweep's parent run. It reads the trial records it is given (the trial table, as `sweeps show`
+does), never the Optuna journal, and the plots and the importance are bounded samples that say so:
+seconds at 100,000 trials.
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
 from matplotlib.figure import Figure
+from optuna.distributions import BaseDistribution
 
-from sweeps.errors import PlotUnavailable, UsageError
+from sweeps.errors import PlotUnavailable, SweepsError, UsageError
 from sweeps.records import TrialRecord
 from sweeps.report.plots import (
+    IMPORTANCE_TRIALS,
+    MAX_POINTS,
     param_importances,
     plot_history,
     plot_importance,
@@ -33,6 +37,7 @@ from sweeps.report.plots import (
     plot_pareto,
 )
 from sweeps.sweep.engine import SweepOutcome
+from sweeps.sweep.space import distributions
 from sweeps.sweep.state import SweepState
 
 __all__ = ["FailureReason", "ReportFiles", "failure_reasons", "trial_table", "write_report"]
@@ -126,57 +131,55 @@ def failure_reasons(records: Iterable[TrialRecord], objectives: Sequence[str] = 
     ]
 
 
-def _log_scales(study: optuna.Study | None) -> dict[str, bool] | None:
-    if study is None:
+def _stored_space(outcome: SweepOutcome) -> dict[str, BaseDistribution] | None:
+    """The search space the sweep ran with, from its stored config; None when there is no readable one."""
+    try:
+        config = SweepState(outcome.state_dir.parent, outcome.name).config()
+    except SweepsError:
         return None
-    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not trials:
-        return None
-    return {name: bool(getattr(d, "log", False)) for name, d in trials[-1].distributions.items()}
+    return distributions(config.sweep)
 
 
-def _study_of(outcome: SweepOutcome) -> optuna.Study | None:
-    """The Optuna study in the outcome's state folder, when there is one."""
-    state = SweepState(outcome.state_dir.parent, outcome.name)
-    if not state.journal.is_file():
-        return None
-    return optuna.load_study(study_name=outcome.name, storage=state.storage())
-
-
-def _figures(outcome: SweepOutcome, study: optuna.Study | None) -> dict[str, Callable[[], Figure]]:
+def _figures(
+    outcome: SweepOutcome, space: Mapping[str, BaseDistribution] | None
+) -> dict[str, Callable[[], Figure]]:
     metrics = [m for m, _ in outcome.objectives]
 
     def importance() -> Figure:
-        if study is None:
-            raise PlotUnavailable("parameter importance needs the sweep's Optuna study, and none was found.")
-        return plot_importance(param_importances(study, metrics))
+        if space is None:
+            raise PlotUnavailable("parameter importance needs the sweep's search space, and none was found.")
+        return plot_importance(param_importances(outcome.records, outcome.objectives, space))
 
+    log_scales = None if space is None else {name: bool(getattr(d, "log", False)) for name, d in space.items()}
     figures: dict[str, Callable[[], Figure]] = {"history": lambda: plot_history(outcome)}
     if len(metrics) > 1:
         figures["pareto"] = lambda: plot_pareto(outcome)
     figures["importance"] = importance
-    figures["params"] = lambda: plot_params(outcome, _log_scales(study))
+    figures["params"] = lambda: plot_params(outcome, log_scales)
     return figures
 
 
-def write_report(outcome: SweepOutcome, out_dir: Path, study: optuna.Study | None = None) -> ReportFiles:
+def write_report(
+    outcome: SweepOutcome, out_dir: Path, space: Mapping[str, BaseDistribution] | None = None
+) -> ReportFiles:
     """Write trials.csv, the plots and report.html into `out_dir` (created if missing).
 
-    `study` is the sweep's Optuna study, used for parameter importance; when None, the study in
-    the outcome's state folder is loaded if it exists. Plots that cannot be drawn are left out
-    with a note in the report; files of an earlier report that were not rewritten are removed.
+    `space` is the sweep's search space as Optuna distributions (parameter importance, log
+    scales); when None, it is read from the config stored in the outcome's state folder. Plots
+    that cannot be drawn are left out with a note in the report; files of an earlier report that
+    were not rewritten are removed.
     """
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create the report folder {out_dir}: {exc.strerror or exc}.") from exc
     started = time.perf_counter()
-    study = study if study is not None else _study_of(outcome)
+    space = space if space is not None else _stored_space(outcome)
     csv_path = out_dir / CSV_NAME
     trial_table(outcome.records).to_csv(csv_path, index=False)
     pngs: dict[str, bytes] = {}
     notes: list[str] = []
-    for name, draw in _figures(outcome, study).items():
+    for name, draw in _figures(outcome, space).items():
         try:
             figure = draw()
         except PlotUnavailable as exc:
@@ -221,8 +224,21 @@ def _rate(outcome: SweepOutcome) -> str:
     return "-"
 
 
+def _sampling(usable: int) -> str:
+    """What the plots show of a large sweep: samples, stated (every trial stays in the CSV)."""
+    if usable <= MAX_POINTS:
+        return "every usable trial (a title says so where a plot shows fewer)"
+    shown = (f"a random sample of at most {MAX_POINTS:,} of the {usable:,} usable trials (each title says how many), "
+             "plus every distinct point of the front")
+    importance = (
+        f"; parameter importance from a random {IMPORTANCE_TRIALS:,} of them" if usable > IMPORTANCE_TRIALS else ""
+    )
+    return f"scatter plots show {shown}{importance}"
+
+
 def _summary(outcome: SweepOutcome) -> str:
     metrics = [m for m, _ in outcome.objectives]
+    usable = sum(r.is_usable(metrics) for r in outcome.records)
     objectives = ", ".join(f"{m} ({d})" for m, d in outcome.objectives)
     wall = f"{outcome.wall_s:.1f} s (every command that ran trials, added up)" if outcome.wall_s > 0 else "-"
     rows = [
@@ -231,9 +247,10 @@ def _summary(outcome: SweepOutcome) -> str:
         ("trials", f"{len(outcome.records):,} of {outcome.requested:,} requested"),
         ("complete", f"{outcome.complete:,}"),
         ("failed", f"{outcome.failed:,}"),
-        ("usable (complete, finite objectives)", f"{sum(r.is_usable(metrics) for r in outcome.records):,}"),
+        ("usable (complete, finite objectives)", f"{usable:,}"),
         ("wall time", wall),
         ("trials/s", _rate(outcome)),
+        ("plots", _sampling(usable)),
         ("dataset digest", outcome.extra.get("dataset_digest") or "-"),
         ("nodes", ", ".join(outcome.nodes) or "-"),
         ("state folder", str(outcome.state_dir)),

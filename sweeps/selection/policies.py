@@ -10,6 +10,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,15 @@ from sweeps.errors import SelectionError
 from sweeps.pareto import check_objectives, oriented, pareto_front, sort_key
 from sweeps.records import TrialRecord
 
-__all__ = ["Policy", "Selection", "broken_bounds", "constraint_candidates", "describe_policy", "select_best"]
+__all__ = [
+    "Policy",
+    "Selection",
+    "broken_bounds",
+    "constraint_candidates",
+    "describe_policy",
+    "front_points",
+    "select_best",
+]
 
 Policy = LexicographicPolicy | ConstraintPolicy | KneePolicy | WeightedPolicy
 
@@ -225,3 +234,20 @@ def select_best(
         chosen = front[i]
         reason = f"trial {chosen.number} has the lowest weighted sum ({_fmt(float(total[i]))}; {counts})"
     return Selection(chosen, tuple(front), description, reason, usable=len(usable), excluded=excluded)
+
+
+def front_points(selection: Selection, metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """The selection's front as distinct objective vectors, best first: each with its first trial and its trial count.
+
+    The entries of `SweepOutcome.summary()["front"]`: `metrics` (the objectives' values), `trials`,
+    and the `number` and `params` of the first trial that reached the point.
+    """
+    points: dict[tuple[float, ...], dict[str, Any]] = {}
+    for record in selection.front:  # sorted by values, then number: a point's first trial comes first
+        values = tuple(record.metrics[m] for m in metrics)
+        if values in points:
+            points[values]["trials"] += 1
+        else:
+            points[values] = {"metrics": dict(zip(metrics, values, strict=True)), "trials": 1,
+                              "number": record.number, "params": record.params}
+    return list(points.values())

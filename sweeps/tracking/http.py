@@ -4,7 +4,8 @@ One `httpx.Client` per sweep keeps its connections open across thousands of call
 client retries a refused connection for minutes, with no way to bound it per call); every call
 here has a short connect timeout and is retried with capped exponential backoff only while a
 `Retry` allows it, so a server that goes away costs the sweep's writer time, never the trials'.
-The bulk endpoint's wire format is defined here, once, for the client and the server extension.
+The extension's wire formats (the bulk endpoint, a sweep's logged runs) are defined here, once,
+for the client and the server extension.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from sweeps.errors import TrackingCallFailed, TrackingUnavailable
 __all__ = [
     "BULK_PATH",
     "INFO_PATH",
+    "LOGGED_PATH",
     "PROTOCOL",
     "BulkRequest",
     "Retry",
@@ -33,6 +35,8 @@ __all__ = [
     "TrackingHttp",
     "decode_metric",
     "encode_metric",
+    "from_ranges",
+    "to_ranges",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ log = logging.getLogger(__name__)
 # The sweeps server extension (`mlflow server --app-name sweeps`, sweeps.tracking.server).
 INFO_PATH = "/api/2.0/sweeps/info"
 BULK_PATH = "/api/2.0/sweeps/runs/log-finished"
+LOGGED_PATH = "/api/2.0/sweeps/runs/logged"
 PROTOCOL = 1
 MAX_RUNS_PER_REQUEST = 1000
 
@@ -68,6 +73,27 @@ def decode_metric(value: float | str) -> float:
             raise ValueError(f"a metric value must be a number or one of {sorted(_NON_FINITE)}, but got {value!r}")
         return _NON_FINITE[value]
     return float(value)
+
+
+def to_ranges(numbers: Iterable[int]) -> list[list[int]]:
+    """Integers as sorted inclusive `[first, last]` runs: a sweep's 100,000 logged trials are usually one."""
+    ranges: list[list[int]] = []
+    for number in sorted(set(numbers)):
+        if ranges and number == ranges[-1][1] + 1:
+            ranges[-1][1] = number
+        else:
+            ranges.append([number, number])
+    return ranges
+
+
+def from_ranges(ranges: Iterable[Sequence[int]]) -> set[int]:
+    """The inverse of `to_ranges`; ValueError for anything but `[first, last]` integer pairs with first <= last."""
+    numbers: set[int] = set()
+    for pair in ranges:
+        if len(pair) != 2 or not all(type(n) is int for n in pair) or pair[0] > pair[1]:
+            raise ValueError(f"a range must be [first, last] integers with first <= last, but got {pair!r}")
+        numbers.update(range(pair[0], pair[1] + 1))
+    return numbers
 
 
 class _Wire(BaseModel):

@@ -1,10 +1,13 @@
 """The tracking server extension: `mlflow server --app-name sweeps` writes a sweep's child runs in bulk.
 
 Registered in the `mlflow.app` entry-point group (pyproject.toml), as MLflow's own basic-auth app
-is. It adds two routes to the server's app and changes nothing else the server does:
+is. It adds three routes to the server's app and changes nothing else the server does:
 
     GET  /api/2.0/sweeps/info               {"protocol": 1, "bulk": true|false, "reason": ..., "mlflow": ...}
     POST /api/2.0/sweeps/runs/log-finished  a `BulkRequest`: up to 1,000 finished child runs of one parent
+    GET  /api/2.0/sweeps/runs/logged?experiment_id=ID&sweep=NAME
+                                            {"protocol": 1, "whole": [[first, last], ...], "torn": {key: run_id}}:
+                                            a sweep's trial numbers with a whole child run, and its torn runs
 
 A batch is written in one transaction through the server's own store (the fenced bulk writer,
 checked against the tested MLflow and schema revision), idempotent by its `unique_tag`: a retry
@@ -16,6 +19,7 @@ down answers 503, which clients retry.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import sqlalchemy.exc
@@ -28,8 +32,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from sweeps._compat import installed_version
 from sweeps._compat.mlflow_sql import (
     FinishedRun,
+    run_states,
     server_app,
     server_bulk_writer,
+    server_sql_store,
     server_store,
     server_store_reason,
 )
@@ -41,13 +47,24 @@ from sweeps.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from sweeps.tracking.http import BULK_PATH, INFO_PATH, PROTOCOL, BulkRequest, decode_metric
+from sweeps.tracking.http import (
+    BULK_PATH,
+    INFO_PATH,
+    LOGGED_PATH,
+    MAX_TAG_LENGTH,
+    PROTOCOL,
+    BulkRequest,
+    decode_metric,
+    to_ranges,
+)
+from sweeps.tracking.logged import PATH_SERVER, READ_TAGS, tally, trial_tags
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+_EXPERIMENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 def _info() -> Any:
@@ -137,6 +154,27 @@ def _log_finished() -> Any:
     return jsonify({"run_ids": run_ids})
 
 
+def _logged_runs() -> Any:
+    try:
+        experiment_id, sweep = request.args.get("experiment_id", ""), request.args.get("sweep", "")
+        if not _EXPERIMENT_ID.fullmatch(experiment_id):
+            raise InvalidInput(f"{LOGGED_PATH}: experiment_id must be 1 to 18 digits, but got {experiment_id[:60]!r}")
+        if not 0 < len(sweep) <= MAX_TAG_LENGTH:
+            raise InvalidInput(f"{LOGGED_PATH}: sweep must have 1 to {MAX_TAG_LENGTH} characters, but got {len(sweep)}")
+        store, reason = server_sql_store()
+        if store is None:
+            raise BadRequest(f"this server cannot read runs in bulk: {reason}", error_code="NOT_IMPLEMENTED")
+        try:
+            states = run_states(store, experiment_id, trial_tags(sweep), READ_TAGS)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            log.warning("listing the logged runs of sweep %s failed, database unavailable: %s", sweep, exc)
+            raise ServiceUnavailable(f"the tracking database is unavailable: {exc}") from exc
+    except ProtocolError as refused:
+        return jsonify(refused.to_json()), refused.status
+    found = tally(((s.tags[0], s.tags[1], s.run_id, s.whole) for s in states), PATH_SERVER)
+    return jsonify({"protocol": PROTOCOL, "whole": to_ranges(found.whole), "torn": dict(found.torn)})
+
+
 def create_app(app: Flask | None = None) -> Any:
     """The MLflow server's app with the sweeps routes; `mlflow server --app-name sweeps` calls it."""
     if app is None:
@@ -145,4 +183,5 @@ def create_app(app: Flask | None = None) -> Any:
         app = mlflow_app
     app.add_url_rule(INFO_PATH, "sweeps_info", _info, methods=["GET"])
     app.add_url_rule(BULK_PATH, "sweeps_log_finished", _log_finished, methods=["POST"])
+    app.add_url_rule(LOGGED_PATH, "sweeps_logged_runs", _logged_runs, methods=["GET"])
     return server_app(app)

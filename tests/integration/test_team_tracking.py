@@ -31,6 +31,7 @@ from sweeps.serving.service import Endpoint
 from sweeps.sweep.engine import Progress, SweepOutcome
 from sweeps.sweep.state import SweepState
 from sweeps.tracking.http import BULK_PATH, INFO_PATH, Retry, TrackingHttp
+from sweeps.tracking.logged import PATH_SEARCH, PATH_SERVER, logged_trials
 from sweeps.tracking.lookup import find_sweep_run, trial_runs
 from sweeps.tracking.names import TAG_TRIAL, TAG_TRIAL_KEY, TAG_WRITE_PATH
 from sweeps.tracking.server import MAX_BODY_BYTES
@@ -373,6 +374,34 @@ def test_resume_repairs_a_torn_run_and_writes_the_missing_ones_over_rest(
     assert again.evaluated_now == 0
     repaired = _check_exactly_once(plain_server.uri, config, again, "rest")
     assert torn in {r.info.run_id for r in repaired}, "the torn run is repaired in place"
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_resume_through_the_extension_reads_logged_runs_in_one_request_and_repairs_them(
+    data_dir: Path, tmp_path: Path, bulk_server: MlflowServer, plain_server: MlflowServer
+) -> None:
+    config = _config(data_dir, tmp_path, bulk_server.uri, "team-logged", "sweep.num_trials=40")
+    outcome = pipeline.sweep(config)
+    children = _check_exactly_once(bulk_server.uri, config, outcome, "server-bulk")
+    client = MlflowClient(bulk_server.uri)
+    experiment_id = children[0].info.experiment_id
+    by_number = {int(r.data.tags[TAG_TRIAL]): r for r in children}
+    client.delete_run(by_number[3].info.run_id)
+    client.delete_run(by_number[5].info.run_id)
+    torn = client.create_run(experiment_id, tags=dict(by_number[5].data.tags),
+                             run_name=by_number[5].info.run_name).info.run_id
+
+    found = logged_trials(bulk_server.uri, client, experiment_id, outcome.name)
+    assert (found.path, found.whole, dict(found.torn)) == (
+        PATH_SERVER, set(range(40)) - {3, 5}, {by_number[5].data.tags[TAG_TRIAL_KEY]: torn})
+    plain = logged_trials(plain_server.uri, MlflowClient(plain_server.uri), "0", "no-such-sweep")
+    assert plain.path == PATH_SEARCH, "a plain server has no such route: its runs are searched"
+
+    again = pipeline.sweep(config)
+    assert again.evaluated_now == 0
+    repaired = _check_exactly_once(bulk_server.uri, config, again, "server-bulk")
+    assert torn not in {r.info.run_id for r in repaired}, "the torn run is replaced in the server's transaction"
+    assert len({r.info.run_id for r in repaired} - {r.info.run_id for r in children}) == 2
 
 
 # --- faults ------------------------------------------------------------------------------------

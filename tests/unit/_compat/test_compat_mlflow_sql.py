@@ -22,7 +22,9 @@ from sweeps._compat.mlflow_sql import (
     FinishedRun,
     bulk_writer,
     is_whole,
+    run_states,
     schema_revision,
+    sql_store,
 )
 
 METRICS = {"rmse": 0.61, "mae": 0.47, "r2": math.nan, "fit_seconds": math.inf, "neg": -math.inf}
@@ -262,3 +264,21 @@ def test_the_experiment_columns_the_write_lock_uses_are_there() -> None:
     from mlflow.store.tracking.dbmodels.models import SqlExperiment
 
     assert {"experiment_id", "last_update_time"} <= {c.name for c in SqlExperiment.__table__.columns}
+
+
+def test_run_states_reads_what_search_runs_finds(client: MlflowClient, experiment_id: str) -> None:
+    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
+    written = _writer(client, experiment_id).write([_trial(parent_id, f"trial-{i}") for i in range(3)])
+    client.delete_run(written[0])
+    bare = client.create_run(experiment_id, tags={MLFLOW_PARENT_RUN_ID: parent_id, "sweeps.kind": "trial"}).info.run_id
+    store = sql_store(client)
+    assert store is not None, "the installed MLflow and a fresh store are the tested ones"
+
+    states = run_states(store, experiment_id, {"sweeps.kind": "trial", MLFLOW_PARENT_RUN_ID: parent_id},
+                        ("sweeps.trial", MLFLOW_RUN_NAME))
+    found = client.search_runs([experiment_id], filter_string=f"tags.sweeps.kind = 'trial' AND "
+                                                              f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert sorted((s.run_id, s.status, s.has_metrics, s.tags) for s in states) == sorted(
+        (r.info.run_id, r.info.status, bool(r.data.metrics), (r.data.tags.get("sweeps.trial"),
+                                                             r.data.tags.get(MLFLOW_RUN_NAME))) for r in found)
+    assert {s.run_id: s.whole for s in states} == {written[1]: True, written[2]: True, bare: False}

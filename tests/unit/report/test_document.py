@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection
 from optuna.distributions import BaseDistribution, FloatDistribution
-from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
@@ -27,8 +26,17 @@ from sweeps.errors import PlotUnavailable, UsageError
 from sweeps.pareto import pareto_numbers
 from sweeps.records import TrialRecord
 from sweeps.report.document import ReportFiles, failure_reasons, write_report
-from sweeps.report.plots import param_importances, plot_history, plot_params, plot_pareto
+from sweeps.report.plots import (
+    IMPORTANCE_TRIALS,
+    MAX_POINTS,
+    param_importances,
+    plot_history,
+    plot_importance,
+    plot_params,
+    plot_pareto,
+)
 from sweeps.sweep.engine import SweepOutcome
+from sweeps.sweep.snapshot import TableWriter, row_of
 from sweeps.sweep.state import SweepState
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -105,24 +113,6 @@ def sample_records() -> list[TrialRecord]:
     return records[::-1]  # the table sorts by number whatever the input order
 
 
-def study_of(records: list[TrialRecord], objectives: tuple[tuple[str, str], ...]) -> optuna.Study:
-    study = optuna.create_study(
-        directions=[StudyDirection.MINIMIZE if d == "minimize" else StudyDirection.MAXIMIZE for _, d in objectives]
-    )
-    metrics = [m for m, _ in objectives]
-    for r in records:
-        usable = r.is_usable(metrics)
-        study.add_trial(
-            create_trial(
-                params=r.params,
-                distributions=DISTS,
-                values=[r.metrics[m] for m in metrics] if usable else None,
-                state=TrialState.COMPLETE if usable else TrialState.FAIL,
-            )
-        )
-    return study
-
-
 @pytest.fixture(autouse=True)
 def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -142,7 +132,7 @@ def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     tmp = tmp_path_factory.mktemp("report")
     records = sample_records()
     outcome = outcome_of(records, request.param, tmp)
-    return Written(records, outcome, write_report(outcome, tmp / "r", study_of(records, request.param)))
+    return Written(records, outcome, write_report(outcome, tmp / "r", DISTS))
 
 
 def test_csv_has_one_row_per_trial_with_the_records_values(written: Written) -> None:
@@ -235,29 +225,52 @@ def test_failed_and_nan_trials_never_give_objective_values_to_plots(tmp_path: Pa
 
 def test_importance_is_skipped_with_a_note_when_too_few_trials(tmp_path: Path) -> None:
     records = [record(n) for n in range(3)] + [record(3, "FAIL", "boom")]
-    study = study_of(records, TWO)
     with pytest.raises(PlotUnavailable, match=r"at least 10 complete trials, got 3\."):
-        param_importances(study, ["rmse", "nonzero_coefs"])
-    files = write_report(outcome_of(records, TWO, tmp_path), tmp_path / "r", study)
+        param_importances(records, TWO, DISTS)
+    files = write_report(outcome_of(records, TWO, tmp_path), tmp_path / "r", DISTS)
     assert "importance" not in {p.stem for p in files.plots}
     assert not (tmp_path / "r" / "importance.png").exists()
     assert files.notes == ("importance: parameter importance needs at least 10 complete trials, got 3.",)
     assert "Skipped importance: parameter importance needs at least 10 complete trials" in files.html.read_text()
 
 
-def test_importance_of_a_real_study_finds_the_parameter_that_matters() -> None:
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
-        alpha = trial.suggest_float("alpha", 1e-4, 10.0, log=True)
-        l1_ratio = trial.suggest_float("l1_ratio", 0.0, 1.0)
-        return math.log10(alpha), -l1_ratio  # the second is maximised below: best at high l1_ratio
+def _importance_records(count: int) -> list[TrialRecord]:
+    """rmse grows with alpha alone; r2 (maximised) with l1_ratio alone."""
+    rng = np.random.default_rng(0)
+    records = []
+    for n in range(count):
+        alpha, l1_ratio = float(10 ** rng.uniform(-4, 1)), float(rng.uniform())
+        records.append(TrialRecord("demo", n, {"alpha": alpha, "l1_ratio": l1_ratio},
+                                   {"rmse": math.log10(alpha), "r2": l1_ratio}, "COMPLETE"))
+    return records
 
-    study = optuna.create_study(directions=["minimize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    study.optimize(objective, n_trials=80)
-    found = param_importances(study, ["rmse", "r2"])
-    assert set(found) == {"rmse", "r2"}
-    assert found["rmse"]["alpha"] > 0.9 > found["rmse"]["l1_ratio"]
-    assert found["r2"]["l1_ratio"] > 0.9 > found["r2"]["alpha"]
-    assert sum(found["rmse"].values()) == pytest.approx(1.0)
+
+def test_importance_of_the_records_finds_the_parameter_that_matters() -> None:
+    found = param_importances(_importance_records(80), (("rmse", "minimize"), ("r2", "maximize")), DISTS)
+    assert set(found.values) == {"rmse", "r2"}
+    assert found.values["rmse"]["alpha"] > 0.9 > found.values["rmse"]["l1_ratio"]
+    assert found.values["r2"]["l1_ratio"] > 0.9 > found.values["r2"]["alpha"]
+    assert sum(found.values["rmse"].values()) == pytest.approx(1.0)
+    assert (found.used, found.usable, found.note) == (80, 80, "")
+
+
+def test_importance_of_a_large_sweep_uses_a_fixed_sample_and_says_so() -> None:
+    records = _importance_records(3000)
+    objectives = (("rmse", "minimize"), ("r2", "maximize"))
+    found = param_importances(records, objectives, DISTS, max_trials=500)
+    assert (found.used, found.usable) == (500, 3000)
+    assert found.note == "computed on a random sample of 500 of 3,000 usable trials"
+    assert found.values["rmse"]["alpha"] > 0.9
+    assert found.values["r2"]["l1_ratio"] > 0.9
+    assert param_importances(records[::-1], objectives, DISTS, max_trials=500) == found, "the same sample each time"
+    title = plot_importance(found).axes[0].get_title()
+    assert title == "Parameter importance (computed on a random sample of 500 of 3,000 usable trials)"
+
+
+def test_importance_refuses_trials_outside_the_search_space() -> None:
+    narrow = {"alpha": FloatDistribution(1e-4, 1e-3, log=True), "l1_ratio": FloatDistribution(0.0, 1.0)}
+    with pytest.raises(PlotUnavailable, match=r"parameter importance needs trials inside the search space"):
+        param_importances(_importance_records(20), (("rmse", "minimize"),), narrow)
 
 
 def test_no_usable_trial_still_writes_the_table_and_says_why(tmp_path: Path) -> None:
@@ -273,12 +286,12 @@ def test_no_usable_trial_still_writes_the_table_and_says_why(tmp_path: Path) -> 
 
 def test_a_rewritten_report_drops_plots_it_no_longer_has_and_notes_why(tmp_path: Path) -> None:
     records = sample_records()
-    write_report(outcome_of(records, TWO, tmp_path), tmp_path / "r", study_of(records, TWO))
+    write_report(outcome_of(records, TWO, tmp_path), tmp_path / "r", DISTS)
     assert (tmp_path / "r" / "importance.png").is_file()
-    files = write_report(outcome_of(records, ONE, tmp_path), tmp_path / "r")  # no study, one objective
+    files = write_report(outcome_of(records, ONE, tmp_path), tmp_path / "r")  # no search space, one objective
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(p.name for p in files.paths)
     assert {p.stem for p in files.plots} == {"history", "params"}
-    assert files.notes == ("importance: parameter importance needs the sweep's Optuna study, and none was found.",)
+    assert files.notes == ("importance: parameter importance needs the sweep's search space, and none was found.",)
 
 
 def test_report_folder_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
@@ -402,6 +415,20 @@ def test_cli_json_and_out_folder(runner: CliRunner, tmp_path: Path) -> None:
     assert payload["notes"] == []
 
 
+def test_cli_reads_the_trial_table_and_never_replays_the_journal(runner: CliRunner, tmp_path: Path) -> None:
+    state = make_state(tmp_path / "state")
+    trials = state.study().get_trials(deepcopy=False)
+    table = TableWriter(state.folder, state.journal)
+    # The journal's bytes become unreadable to Optuna, its size stays: the table still describes it.
+    state.journal.write_bytes(b"\xff" * state.journal.stat().st_size)
+    table.rewrite([row_of(t.number, t.state.name, dict(t.params), t.user_attrs["sweeps"]) for t in trials], 0)
+    result = runner.invoke(app, ["report", "demo", "--storage", str(tmp_path / "state"), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert sorted(Path(p).stem for p in payload["plots"]) == ["history", "importance", "params", "pareto"]
+    assert len(pd.read_csv(payload["trials_csv"])) == 24
+
+
 @pytest.mark.parametrize(
     ("setup", "pattern"),
     [
@@ -427,6 +454,27 @@ def test_cli_help(runner: CliRunner) -> None:
     assert result.exit_code == 0
     for text in ("--out", "--storage", "--json", "report.html"):
         assert text in result.stdout
+
+
+def test_a_large_sweeps_report_says_which_plots_are_samples(tmp_path: Path) -> None:
+    records = [record(n) for n in range(MAX_POINTS + 100)]
+    files = write_report(outcome_of(records, TWO, tmp_path), tmp_path / "r", DISTS)
+    page = files.html.read_text(encoding="utf-8")
+    assert (f"scatter plots show a random sample of at most {MAX_POINTS:,} of the {MAX_POINTS + 100:,} usable trials "
+            "(each title says how many), plus every distinct point of the front") in page
+    assert "parameter importance from a random" not in page, f"{IMPORTANCE_TRIALS:,} or fewer: every trial counts"
+    assert len(pd.read_csv(files.trials_csv)) == MAX_POINTS + 100, "every trial is in the CSV"
+
+
+def test_the_best_so_far_line_is_exact_with_only_its_turns_drawn(tmp_path: Path) -> None:
+    outcome = outcome_of([record(n) for n in range(300)], ONE, tmp_path)
+    line = plot_history(outcome).axes[0].lines[0]
+    xs, ys = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+    assert len(xs) < 300 / 10, "a point where the best improves, not one per trial"
+    running = np.minimum.accumulate([r.metrics["rmse"] for r in outcome.records])
+    drawn = ys[np.searchsorted(xs, np.arange(300), side="right") - 1]  # the step, read at every trial (where="post")
+    assert np.array_equal(drawn, running)
+    assert xs[-1] == 299, "the line reaches the last trial"
 
 
 # --- ties on the front ---------------------------------------------------------------------
@@ -463,3 +511,14 @@ def test_pareto_plot_draws_one_marker_per_distinct_point(tmp_path: Path) -> None
     assert [c.get_label() for c in front_marks] == ["Pareto front (4 points, 34 trials)"]
     assert np.asarray(front_marks[0].get_offsets()).shape == (4, 2)
     assert [t.get_text() for t in ax.texts] == ["x2", "x30"]
+
+
+def test_tied_front_trials_are_drawn_once_per_point_so_the_plot_stays_bounded(tmp_path: Path) -> None:
+    zero = {"rmse": 0.879135, "mae": 0.7, "r2": 0.0, "nonzero_coefs": 0.0, "fit_seconds": 0.002}
+    records = tied_records() + [TrialRecord("demo", n, params_of(n), zero, "COMPLETE") for n in range(200, 2200)]
+    outcome = outcome_of(records, TWO, tmp_path)
+    assert len(outcome.best) == 2034
+    assert len(outcome.front) == 4
+    for figure in (plot_history(outcome, max_points=50), plot_params(outcome, max_points=50)):
+        shown = np.asarray(figure.axes[0].collections[0].get_offsets())
+        assert 50 <= len(shown) <= 54, "a sample of 50 plus the first trial of each of the 4 front points"

@@ -13,7 +13,7 @@ from sweeps.config import ConstraintPolicy, KneePolicy, LexicographicPolicy, Obj
 from sweeps.errors import SelectionError
 from sweeps.pareto import pareto_front
 from sweeps.records import TrialRecord, TrialState
-from sweeps.selection.policies import broken_bounds, constraint_candidates, describe_policy, select_best
+from sweeps.selection.policies import broken_bounds, constraint_candidates, describe_policy, front_points, select_best
 
 METRICS = ("rmse", "nonzero_coefs", "r2")
 MIN2 = [Objective(metric="rmse"), Objective(metric="nonzero_coefs")]
@@ -328,3 +328,17 @@ def test_policy_descriptions_are_stable() -> None:
     assert describe_policy(weighted, MIN2) == (
         "weighted: lowest 2*rmse (min) + 0*nonzero_coefs (min), min-max normalised over the front"
     )
+
+
+def test_the_front_is_recorded_as_distinct_points_with_their_first_trial_and_count() -> None:
+    # 5,000 trials of the all-zero model are one point, two trials share another, one stands alone.
+    zero = [trial(n, rmse=0.879135, nonzero_coefs=0.0) for n in range(10, 5010)]
+    records = [*zero[::-1], trial(7, rmse=0.75, nonzero_coefs=6), trial(3, rmse=0.75, nonzero_coefs=6),
+               trial(5, rmse=0.74, nonzero_coefs=11), trial(6, rmse=0.9, nonzero_coefs=8)]
+    selection = select_best(records, MIN2, KneePolicy(kind="knee"))
+    assert len(selection.front) == 5003
+    assert front_points(selection, ["rmse", "nonzero_coefs"]) == [
+        {"metrics": {"rmse": 0.74, "nonzero_coefs": 11}, "trials": 1, "number": 5, "params": {"alpha": 0.1}},
+        {"metrics": {"rmse": 0.75, "nonzero_coefs": 6}, "trials": 2, "number": 3, "params": {"alpha": 0.1}},
+        {"metrics": {"rmse": 0.879135, "nonzero_coefs": 0.0}, "trials": 5000, "number": 10, "params": {"alpha": 0.1}},
+    ]
