@@ -101,7 +101,6 @@ class _CompiledMixture:
     """
 
     def __init__(self, estimator: Any) -> None:
-        from optuna.samplers._tpe import _truncnorm
         from optuna.samplers._tpe.probability_distributions import (
             _BatchedTruncLogNormDistributions,
             _BatchedTruncNormDistributions,
@@ -121,8 +120,7 @@ class _CompiledMixture:
         self._inv_sigma = 1.0 / self._sigma
         self._low = np.array([d.adapted_low for d in dists], dtype=float)
         self._high = np.array([d.adapted_high for d in dists], dtype=float)
-        mass = _truncnorm._log_gauss_mass((self._low - self._mu) * self._inv_sigma,
-                                          (self._high - self._mu) * self._inv_sigma)
+        mass = _log_gauss_mass((self._low - self._mu) * self._inv_sigma, (self._high - self._mu) * self._inv_sigma)
         with np.errstate(divide="ignore"):  # a zero weight is a kernel that never counts: log 0 = -inf
             self._const = (np.log(mixture.weights)
                            - (0.5 * np.log(2 * np.pi) + mass + np.log(self._sigma)).sum(axis=1))
