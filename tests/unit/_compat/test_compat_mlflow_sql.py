@@ -31,17 +31,6 @@ METRICS = {"rmse": 0.61, "mae": 0.47, "r2": math.nan, "fit_seconds": math.inf, "
 PARAMS = {"alpha": "0.01", "l1_ratio": "0.5"}
 
 
-@pytest.fixture(scope="module")
-def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store for the module: creating MLflow's schema takes a few seconds."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def client(store_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=store_uri)
-
-
 @pytest.fixture
 def experiment_id(client: MlflowClient, request: pytest.FixtureRequest) -> str:
     return str(client.create_experiment(request.node.name))

@@ -17,17 +17,6 @@ from sweeps.tracking.names import KIND_SWEEP, KIND_TRIAL, TAG_KIND, TAG_PARENT, 
 from sweeps.tracking.server import create_app
 
 
-@pytest.fixture(scope="module")
-def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite store for the module: creating MLflow's schema takes a few seconds."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture
-def client(store_uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=store_uri)
-
-
 def _tags(sweep: str, number: int, parent: str) -> dict[str, str]:
     return {TAG_PARENT: parent, TAG_KIND: KIND_TRIAL, TAG_SWEEP: sweep, TAG_TRIAL: str(number),
             TAG_TRIAL_KEY: trial_key(sweep, number)}
