@@ -598,9 +598,11 @@ def _run_tune(
     from ray import tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from sweeps._compat.ray_tune import patch_tune
     from sweeps.sweep.coordinator import Coordinator
     from sweeps.sweep.workers import SweepProgressCallback, run_worker
 
+    patch_tune()
     # The coordinator writes the sweep's journal, so it runs where the driver (and its storage) is.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     coordinator: Any = (
