@@ -26,6 +26,9 @@ Five assumptions about Optuna 5.0 that its public API does not promise:
   `_MixtureOfProductDistribution.sample` does (the same random numbers in the same order) and
   inverts `_truncnorm.ppf`'s formula with scipy's ufuncs, not Optuna's per-element Python. Any
   other kind of distribution (integer, categorical) keeps Optuna's own `sample` and `log_pdf`.
+  An ask ranks its candidates with the "above" density (a kernel per trial) screened in single
+  precision, and scores again exactly every candidate the screen cannot rank for sure: the same
+  choice, a quarter of the coordinator's CPU less at one objective.
 
 Outside `TESTED_OPTUNA` the first two fall back, with one warning, to plain `TPESampler` and to
 the storage's own scan, the fourth to `Study.tell` and the fifth to a new `Study` over the same
@@ -51,6 +54,7 @@ from sweeps._compat import check_version, installed_version
 from sweeps.errors import RunFailed
 
 __all__ = [
+    "SCREEN_MARGIN",
     "TESTED_OPTUNA",
     "WAITING_SCAN_STATES",
     "BatchTPESampler",
@@ -63,6 +67,8 @@ __all__ = [
 
 TESTED_OPTUNA = "5.0.*"
 _BLOCK_ROWS = 128
+SCREEN_MARGIN = 1e-4
+"""Candidates whose screened score comes this close to their group's best are scored again exactly."""
 WAITING_SCAN_STATES = (TrialState.WAITING,)
 _FINISHED_FOR_TPE = (TrialState.COMPLETE,)
 
@@ -146,8 +152,15 @@ class _CompiledMixture:
         x[self._is_log] = np.exp(x[self._is_log])
         return {name: x[i] for i, name in enumerate(self._names)}
 
-    def log_pdf(self, samples: dict[str, np.ndarray]) -> np.ndarray:
-        """The mixture's log density at each candidate (rows of `samples`, in internal representation)."""
+    def log_pdf(self, samples: dict[str, np.ndarray], exact: bool = True) -> np.ndarray:
+        """The mixture's log density at each candidate (rows of `samples`, in internal representation).
+
+        With `exact` false, a screen: the kernels' terms are exponentiated in single precision
+        (four times faster here) and summed in double. Each term is relative to the largest, so
+        only the terms within about 30 + log(kernels) of it count, and each carries at most
+        (|exponent| + 1) single-precision roundings: the log density is off by less than 3e-6
+        (`SCREEN_MARGIN` leaves a wide margin).
+        """
         x = np.stack([np.log(samples[n]) if log else np.asarray(samples[n], dtype=float)
                       for n, log in zip(self._names, self._is_log, strict=True)], axis=1)
         features = np.concatenate([x * x, x], axis=1)
@@ -159,9 +172,13 @@ class _CompiledMixture:
             top = weighted.max(axis=1)
             top[np.isneginf(top)] = 0.0
             weighted -= top[:, None]
-            np.exp(weighted, out=weighted)
+            if exact:
+                np.exp(weighted, out=weighted)
+                total = weighted.sum(axis=1)
+            else:
+                total = np.exp(weighted.astype(np.float32)).sum(axis=1, dtype=np.float64)
             with np.errstate(divide="ignore"):
-                out[start : start + _BLOCK_ROWS] = np.log(weighted.sum(axis=1)) + top
+                out[start : start + _BLOCK_ROWS] = np.log(total) + top
         out[((x < self._low) | (x > self._high)).any(axis=1)] = -np.inf
         return out
 
@@ -200,9 +217,18 @@ def _truncnorm_ppf(q: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _densities(estimator: Any) -> tuple[Any, Any]:
-    """The fastest exact `sample` and `log_pdf` of a fitted estimator: compiled when its space is continuous."""
+    """The fastest exact `sample` and `log_pdf(samples, exact=True)` of a fitted estimator.
+
+    Compiled when its space is continuous; otherwise Optuna's own, whose screen is exact.
+    """
     compiled = _CompiledMixture(estimator)
-    return (compiled.sample, compiled.log_pdf) if compiled.usable else (estimator.sample, estimator.log_pdf)
+    if compiled.usable:
+        return compiled.sample, compiled.log_pdf
+
+    def log_pdf(samples: dict[str, np.ndarray], exact: bool = True) -> np.ndarray:
+        return np.asarray(estimator.log_pdf(samples))
+
+    return estimator.sample, log_pdf
 
 
 class _CachingTPESampler(BatchTPESampler):
@@ -293,7 +319,16 @@ class _CachingTPESampler(BatchTPESampler):
         per_ask = self._n_ei_candidates
         samples = below_sample(self._rng.rng, asks * per_ask)
         # TPESampler._compute_acquisition_func, with the compiled densities; argmax per ask as in `_compare`.
-        score = np.asarray(below_log_pdf(samples) - above_log_pdf(samples)).reshape(asks, per_ask)
+        # The "above" density (a kernel per trial of the window) is screened, and where the screen
+        # cannot tell a group's best from another candidate, both are scored again exactly: the
+        # choice is the exact one.
+        below = np.asarray(below_log_pdf(samples))
+        score = (below - np.asarray(above_log_pdf(samples, exact=False))).reshape(asks, per_ask)
+        near = score >= score.max(axis=1, keepdims=True) - SCREEN_MARGIN
+        unsure = np.flatnonzero(near & (near.sum(axis=1, keepdims=True) > 1))
+        if unsure.size:
+            again = {name: values[unsure] for name, values in samples.items()}
+            score.reshape(-1)[unsure] = below[unsure] - np.asarray(above_log_pdf(again))
         best = np.arange(asks) * per_ask + np.argmax(score, axis=1)
         return [{name: dist.to_external_repr(samples[name][i].item()) for name, dist in search_space.items()}
                 for i in best]

@@ -9,7 +9,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.samplers import TPESampler
 from optuna.trial import create_trial
 
-from sweeps._compat.optuna_tpe import _CompiledMixture, batch_tpe_sampler
+from sweeps._compat.optuna_tpe import SCREEN_MARGIN, _CompiledMixture, batch_tpe_sampler
 
 CONTINUOUS: dict[str, BaseDistribution] = {
     "alpha": FloatDistribution(1e-4, 10.0, log=True),
@@ -99,3 +99,44 @@ def test_expected_asks_are_drawn_at_once_each_the_best_of_its_own_candidates() -
     picked = np.arange(5) * per_ask + np.argmax(score, axis=1)
     assert asked == [{name: float(candidates[name][i]) for name in CONTINUOUS} for i in picked]
     assert len({tuple(p.values()) for p in asked}) == 5
+
+
+@pytest.mark.parametrize("n_objectives", [1, 2])
+def test_the_screened_log_pdf_is_within_its_bound(n_objectives: int) -> None:
+    for estimator in _estimators(n_objectives, CONTINUOUS):
+        compiled = _CompiledMixture(estimator)
+        samples = estimator.sample(np.random.RandomState(1), 2000)  # type: ignore[attr-defined]
+        exact, screened = compiled.log_pdf(samples), compiled.log_pdf(samples, exact=False)
+        assert np.abs(screened - exact).max() < 3e-6
+        assert SCREEN_MARGIN > 10 * 3e-6
+
+
+def test_asks_are_the_exact_best_when_the_screen_is_off_by_up_to_its_margin() -> None:
+    sampler = batch_tpe_sampler(seed=9, multivariate=True, constant_liar=False)
+    study = _study(sampler, CONTINUOUS, 300, 1)
+    study.ask(CONTINUOUS)  # fits the densities
+    key, (below, sample, below_log_pdf, above_log_pdf) = next(iter(sampler._estimators.items()))  # type: ignore[attr-defined]
+    noise = np.random.default_rng(0)
+
+    def twins(rng: np.random.RandomState, size: int) -> dict[str, np.ndarray]:
+        # Candidates in pairs a hair apart: their scores differ by far less than the screen's margin.
+        drawn = sample(rng, size // 2)
+        hair = np.tile([0.0, 1e-7], size // 2)
+        return {"alpha": np.repeat(drawn["alpha"], 2), "l1_ratio": np.repeat(drawn["l1_ratio"], 2) + hair}
+
+    def rough(samples: dict[str, np.ndarray], exact: bool = True) -> np.ndarray:
+        # A screen as bad as the margin allows: off by up to half of it, either way.
+        values = above_log_pdf(samples)
+        return values if exact else values + noise.uniform(-SCREEN_MARGIN / 2, SCREEN_MARGIN / 2, len(values))
+
+    sampler._estimators[key] = (below, twins, below_log_pdf, rough)  # type: ignore[attr-defined]
+    rng = np.random.RandomState()
+    rng.set_state(sampler._rng.rng.get_state())
+    sampler.expect(40)
+    asked = [study.ask(CONTINUOUS).params for _ in range(40)]
+
+    per_ask = 24
+    candidates = twins(rng, 40 * per_ask)
+    score = (below_log_pdf(candidates) - above_log_pdf(candidates)).reshape(40, per_ask)
+    picked = np.arange(40) * per_ask + np.argmax(score, axis=1)
+    assert asked == [{name: float(candidates[name][i]) for name in CONTINUOUS} for i in picked]
