@@ -94,6 +94,15 @@ def best_distinct(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirec
     return picked
 
 
+def _shadow_trial(number: int, params: dict[str, Any], distributions: dict[str, BaseDistribution],
+                  values: Sequence[float], repeat: float | None) -> FrozenTrial:
+    """A COMPLETE trial for the shadow study, with its repeat constraint when `repeat` is given."""
+    trial = create_trial(params=params, distributions=distributions, values=list(values),
+                         constraints=None if repeat is None else {REPEAT_CONSTRAINT: repeat})
+    trial.number = number
+    return trial
+
+
 class WindowedTPESampler(BaseSampler):
     """Multivariate TPE that learns from a bounded window of the study's history.
 
@@ -166,19 +175,23 @@ class WindowedTPESampler(BaseSampler):
         self._shadow = self._tpe.add_trials(shadow, self._storage, [self._marked(t) for t in kept_trials])
         self._shadow_size = len(kept) + len(recent)
 
+    def _repeat(self, values: Sequence[float]) -> float:
+        """The repeat constraint of the next shadow trial with these objective values (1.0: a repeat)."""
+        key = tuple(values)
+        repeat = 1.0 if key in self._seen else 0.0
+        self._seen.add(key)
+        return repeat
+
     def _marked(self, trial: FrozenTrial) -> FrozenTrial:
-        """`trial` for the shadow: infeasible when its objective values are already in the shadow."""
-        values = tuple(trial.values)
-        repeat = values in self._seen
-        self._seen.add(values)
-        marked = create_trial(
-            params=trial.params,
-            distributions=trial.distributions,
-            values=list(values),
-            constraints={REPEAT_CONSTRAINT: 1.0 if repeat else 0.0},
-        )
-        marked.number = trial.number
-        return marked
+        """`trial` for the shadow: infeasible when its objective values are already in the shadow.
+
+        A trial already marked so is used as it is (the shadow's trials are never changed): a
+        rebuild re-marks every kept trial, and most keep their mark.
+        """
+        repeat = self._repeat(trial.values)
+        if trial.constraints.get(REPEAT_CONSTRAINT) == repeat:
+            return trial
+        return _shadow_trial(trial.number, trial.params, trial.distributions, trial.values, repeat)
 
     def expect(self, asks: int) -> None:
         """Say that `asks` asks follow with no tell between them (they are then drawn together)."""
@@ -218,16 +231,17 @@ class WindowedTPESampler(BaseSampler):
             return
         if not set(self._space) <= set(trial.params):
             return
-        finished = create_trial(
-            params=trial.params, distributions=trial.distributions, values=list(values), state=state
-        )
-        finished.number = trial.number
+        rebuild = self._shadow_size >= self._window + self._window // 2
+        # Marked now unless the shadow is rebuilt (which marks every trial): one copy serves the
+        # shadow and the history alike.
+        repeat = None if rebuild else self._repeat(values)
+        finished = _shadow_trial(trial.number, trial.params, trial.distributions, values, repeat)
         self._recent.append(finished)
         self._fresh.append(finished)
-        if self._shadow_size >= self._window + self._window // 2:
+        if rebuild:
             self._rebuild(study.directions)
         else:
-            self._shadow = self._tpe.add_trials(self._shadow, self._storage, [self._marked(finished)])
+            self._shadow = self._tpe.add_trials(self._shadow, self._storage, [finished])
             self._shadow_size += 1
 
     def reseed_rng(self) -> None:
