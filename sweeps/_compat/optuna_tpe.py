@@ -63,6 +63,7 @@ __all__ = [
     "running_trial",
     "skips_waiting_scan",
     "teller",
+    "trial_id_of",
 ]
 
 TESTED_OPTUNA = "5.0.*"
@@ -334,14 +335,15 @@ class _CachingTPESampler(BatchTPESampler):
                 for i in best]
 
 
-Teller = Callable[[Study, optuna.Trial, "Sequence[float] | None", "TrialState | None"], None]
+Teller = Callable[[Study, "optuna.Trial | int", "Sequence[float] | None", "TrialState | None"], None]
 
 
-def _public_tell(study: Study, trial: optuna.Trial, values: Sequence[float] | None, state: TrialState | None) -> None:
+def _public_tell(study: Study, trial: optuna.Trial | int, values: Sequence[float] | None,
+                 state: TrialState | None) -> None:
     study.tell(trial, values, state=state)
 
 
-def _tell_without_copy(study: Study, trial: optuna.Trial, values: Sequence[float] | None,
+def _tell_without_copy(study: Study, trial: optuna.Trial | int, values: Sequence[float] | None,
                        state: TrialState | None) -> None:
     from optuna.study._tell import _tell_with_warning
 
@@ -373,12 +375,17 @@ def is_waiting_scan(states: Container[TrialState] | None) -> bool:
     return isinstance(states, Iterable) and tuple(states) == WAITING_SCAN_STATES
 
 
-def running_trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
-    """A live `optuna.Trial` for a trial of `study` that is still RUNNING (to tell it later)."""
+def trial_id_of(frozen: FrozenTrial) -> int:
+    """The storage's id of a trial (`FrozenTrial._trial_id`), which `optuna.Trial` and the storage's writes take."""
     trial_id = getattr(frozen, "_trial_id", None)
     if not isinstance(trial_id, int):
         raise RunFailed(
             f"optuna {installed_version('optuna')} has no FrozenTrial._trial_id (sweeps was tested with optuna "
             f"{TESTED_OPTUNA}), so trial {frozen.number}, left RUNNING by an interrupted sweep, cannot be resumed."
         )
-    return optuna.Trial(study, trial_id)
+    return trial_id
+
+
+def running_trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
+    """A live `optuna.Trial` for a trial of `study` that is still RUNNING (to suggest params it lacks)."""
+    return optuna.Trial(study, trial_id_of(frozen))

@@ -19,10 +19,10 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial, TrialState, create_trial
 from threadpoolctl import threadpool_limits
 
-from sweeps._compat.optuna_tpe import running_trial, teller
+from sweeps._compat.optuna_tpe import running_trial, teller, trial_id_of
 from sweeps.config import Config
 from sweeps.records import TrialRecord
 from sweeps.sweep.sampler import WindowedTPESampler, batch_limit, make_sampler
@@ -91,14 +91,16 @@ class Coordinator:
             directions=[o.direction for o in sweep.objectives],
             load_if_exists=True,
         )
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(name)
         if not self.study.metric_names:  # a new study, or one resumed from before names were set
             _name_metrics(self.study, self.metrics)
         trials = self.study.get_trials(deepcopy=False)
         self.pending: deque[FrozenTrial] = deque(t for t in trials if t.state == TrialState.RUNNING)
         finished = sum(t.state.is_finished() for t in trials)
         self.to_ask = max(0, sweep.num_trials - finished - len(self.pending))
-        # Per worker, what it holds: each trial with the params it was leased with.
-        self.leases: dict[str, dict[int, tuple[optuna.Trial, dict[str, Any]]]] = {}
+        # Per worker, what it holds: by trial number, the trial's id and the params it was leased with.
+        self.leases: dict[str, dict[int, tuple[int, dict[str, Any]]]] = {}
         self.told = 0
         self.busy_s = self.cpu_s = 0.0  # spent in next_batch (tells, asks, journal): the per-trial cost
         self.finished_before = finished
@@ -160,50 +162,65 @@ class Coordinator:
         batch: list[dict[str, Any]] = []
         while self.pending and len(batch) < size:
             frozen = self.pending.popleft()
-            trial = running_trial(self.study, frozen)
-            params = _all_params(trial, frozen, self.dists)
-            lease[frozen.number] = (trial, params)
+            params = _all_params(running_trial(self.study, frozen), frozen, self.dists)
+            lease[frozen.number] = (trial_id_of(frozen), params)
             batch.append({"number": frozen.number, "params": dict(params)})
-        if isinstance(self.study.sampler, WindowedTPESampler):
-            self.study.sampler.expect(min(self.to_ask, size - len(batch)))
-        while self.to_ask and len(batch) < size:
-            trial = self.study.ask(fixed_distributions=self.dists)
-            self.to_ask -= 1
-            params = dict(trial.params)
-            lease[trial.number] = (trial, params)
-            batch.append({"number": trial.number, "params": dict(params)})
+        asks = min(self.to_ask, size - len(batch))
+        self.to_ask -= asks
+        for number, trial_id, params in self._ask(asks):
+            lease[number] = (trial_id, params)
+            batch.append({"number": number, "params": dict(params)})
         return batch
 
+    def _ask(self, count: int) -> list[tuple[int, int, dict[str, Any]]]:
+        """`count` new trials (number, id, params), RUNNING in the journal."""
+        sampler = self.study.sampler
+        if not isinstance(sampler, WindowedTPESampler):
+            asked = [self.study.ask(fixed_distributions=self.dists) for _ in range(count)]
+            return [(t.number, self.storage.get_trial_id_from_study_id_trial_number(self.study_id, t.number),
+                     dict(t.params)) for t in asked]
+        # What `study.ask` would ask, each trial created with its params in one journal write.
+        new = []
+        for params, drawn_by_tpe in sampler.ask_batch(self.study, count, self.dists):
+            template = create_trial(state=TrialState.RUNNING, params=params, distributions=self.dists)
+            trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
+            number = self.storage.get_trial_number_from_id(trial_id)
+            if drawn_by_tpe:
+                sampler.asked(number, params)
+            new.append((number, trial_id, params))
+        return new
+
     def _tell(self, worker: str, result: dict[str, Any]) -> None:
-        leased = self.leases.get(worker, {}).pop(int(result["number"]), None)
+        number = int(result["number"])
+        leased = self.leases.get(worker, {}).pop(number, None)
         if leased is None:  # already told (a duplicate delivery): the first result stands
             return
-        trial, params = leased
+        trial_id, params = leased
         attrs = record_attrs(result)
-        trial.set_user_attr(RESULT_ATTR, attrs)
-        record = TrialRecord(self.name, trial.number, {}, result.get("metrics") or {}, result["state"])
+        self.storage.set_trial_user_attr(trial_id, RESULT_ATTR, attrs)
+        record = TrialRecord(self.name, number, {}, result.get("metrics") or {}, result["state"])
         if record.is_usable(self.metrics):
-            self._tell_study(self.study, trial, [record.metrics[m] for m in self.metrics], None)
-            self.table.add(row_of(trial.number, "COMPLETE", params, attrs))
+            self._tell_study(self.study, number, [record.metrics[m] for m in self.metrics], None)
+            self.table.add(row_of(number, "COMPLETE", params, attrs))
         else:
             # Told explicitly as FAIL: Tune's OptunaSearch would only warn and let the trial vanish.
-            self._tell_study(self.study, trial, None, TrialState.FAIL)
-            self.table.add(row_of(trial.number, "FAIL", params, attrs))
+            self._tell_study(self.study, number, None, TrialState.FAIL)
+            self.table.add(row_of(number, "FAIL", params, attrs))
         self.told += 1
 
     def abandon(self, worker: str, reason: str) -> int:
         """Fail the lease of a worker that died past its retries; returns how many trials failed."""
         lease = self.leases.pop(worker, {})
         for number in sorted(lease):
-            self._tell_failed(*lease[number], worker, reason)
+            self._tell_failed(number, *lease[number], worker, reason)
         self._flush()
         return len(lease)
 
-    def _tell_failed(self, trial: optuna.Trial, params: dict[str, Any], worker: str, reason: str) -> None:
+    def _tell_failed(self, number: int, trial_id: int, params: dict[str, Any], worker: str, reason: str) -> None:
         attrs = record_attrs({"error": reason, "worker": worker})
-        trial.set_user_attr(RESULT_ATTR, attrs)
-        self._tell_study(self.study, trial, None, TrialState.FAIL)
-        self.table.add(row_of(trial.number, "FAIL", params, attrs))
+        self.storage.set_trial_user_attr(trial_id, RESULT_ATTR, attrs)
+        self._tell_study(self.study, number, None, TrialState.FAIL)
+        self.table.add(row_of(number, "FAIL", params, attrs))
         self.told += 1
 
     def close(self) -> dict[str, float]:

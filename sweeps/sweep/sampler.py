@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler, NSGAIISampler, RandomSampler
 from optuna.storages import InMemoryStorage
 from optuna.study import Study, StudyDirection
@@ -92,6 +92,15 @@ def best_distinct(trials: Sequence[FrozenTrial], directions: Sequence[StudyDirec
         chosen = front if len(front) <= room else front[_spread(values[front], room)]
         picked.extend(distinct[i] for i in chosen)
     return picked
+
+
+_NO_TRIAL = create_trial(state=TrialState.RUNNING)
+"""Stands for the asking trial where a sampler is given one and reads none (random draws, TPE without its liar)."""
+
+
+def _single_value(dist: BaseDistribution) -> Any:
+    """The one value a single-valued distribution allows, as `Trial.suggest_*` gives it."""
+    return dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low  # type: ignore[attr-defined]
 
 
 def _shadow_trial(number: int, params: dict[str, Any], distributions: dict[str, BaseDistribution],
@@ -203,20 +212,51 @@ class WindowedTPESampler(BaseSampler):
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
+        params = self._relative(study, search_space)
+        if params:  # {}: a random start-up ask, before TPE has anything to fit
+            self.asked(trial.number, params)
+        return params
+
+    def _relative(self, study: Study, search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         if not search_space:
             return {}
         shadow = self._shadow_study(study)
-        if not self._liar:
-            return self._tpe.sample_relative(shadow, trial, search_space)
-        # Read by the fit only: a batch asked between two tells is asked from one fit, which counts
-        # what was in flight when it was made (the other workers' batches, this worker's lease ahead).
-        self._tpe.running = list(self._in_flight.values())
-        params = self._tpe.sample_relative(shadow, trial, search_space)
-        if params:  # {}: a random start-up ask, before TPE has anything to fit
-            self._in_flight[trial.number] = create_trial(
-                state=TrialState.RUNNING, params=params, distributions={k: search_space[k] for k in params}
+        if self._liar:
+            # Read by the fit only: a batch asked between two tells is asked from one fit, which counts
+            # what was in flight when it was made (the other workers' batches, this worker's lease ahead).
+            self._tpe.running = list(self._in_flight.values())
+        # The inner TPE is no constant liar itself (the liar is here), so it reads no asking trial.
+        return self._tpe.sample_relative(shadow, _NO_TRIAL, search_space)
+
+    def asked(self, number: int, params: dict[str, Any]) -> None:
+        """Count trial `number`, asked with TPE's `params`, among the bad trials until it is told (constant liar)."""
+        if self._liar:
+            drawn = {k: v for k, v in params.items() if k in self._space}
+            self._in_flight[number] = create_trial(
+                state=TrialState.RUNNING, params=drawn, distributions={k: self._space[k] for k in drawn}
             )
-        return params
+
+    def ask_batch(
+        self, study: Study, count: int, distributions: dict[str, BaseDistribution]
+    ) -> list[tuple[dict[str, Any], bool]]:
+        """The params `count` calls of `study.ask(distributions)` in a row (no tell between) would draw.
+
+        Nothing is created in the study: the caller creates each trial with its params (one
+        journal write, where `study.ask` makes one a param more) and passes each drawn by TPE
+        (the flag: False for a random start-up ask) to `asked` with its number.
+        """
+        self.expect(count)
+        batch = []
+        for _ in range(count):
+            relative = self._relative(study, dict(self._space))
+            params = {
+                name: _single_value(dist) if dist.single()
+                else relative[name] if name in relative
+                else self.sample_independent(study, _NO_TRIAL, name, dist)
+                for name, dist in distributions.items()
+            }
+            batch.append((params, bool(relative)))
+        return batch
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution

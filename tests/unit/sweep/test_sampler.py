@@ -269,3 +269,36 @@ def test_trials_in_flight_are_what_tpe_lies_about_when_it_next_fits(liar: bool) 
     lied_about = [t.params for t in sampler._tpe.running]
     assert lied_about == ([t.params for t in batch[1:]] if liar else [])
     assert all(t.state == TrialState.RUNNING for t in sampler._tpe.running)
+
+
+@pytest.mark.parametrize("n_objectives", [1, 2])
+def test_ask_batch_draws_what_the_same_asks_through_study_ask_would(n_objectives: int) -> None:
+    space: dict[str, BaseDistribution] = {**PLANE, "fixed": FloatDistribution(3.0, 3.0), "k": IntDistribution(1, 5)}
+
+    def values(params: dict[str, Any]) -> list[float]:
+        return [_bowl(params) + params["k"], abs(params["x"])][:n_objectives]
+
+    def studies() -> tuple[WindowedTPESampler, Study]:
+        sampler = WindowedTPESampler(space, window=40, seed=3, n_startup_trials=5)
+        return sampler, optuna.create_study(directions=["minimize"] * n_objectives, sampler=sampler)
+
+    asking, by_ask = studies()
+    batching, by_batch = studies()
+    untold: list[tuple[optuna.Trial, optuna.Trial]] = []  # a batch in flight while the next is asked (the liar's)
+    for size in (3, 4, 8, 8, 16, 16, 4):  # random start-up asks first, then TPE's, across rebuilds of the window
+        asking.expect(size)
+        asked = [by_ask.ask(space) for _ in range(size)]
+        batch = batching.ask_batch(by_batch, size, space)
+        assert [params for params, _ in batch] == [t.params for t in asked]
+        made = []
+        for params, drawn_by_tpe in batch:
+            by_batch.enqueue_trial(params)  # created with these params, asking the sampler nothing
+            trial = by_batch.ask(space)
+            if drawn_by_tpe:
+                batching.asked(trial.number, params)
+            made.append(trial)
+        for trial, twin in untold:
+            by_ask.tell(trial, values(trial.params))
+            by_batch.tell(twin, values(twin.params))
+        untold = list(zip(asked, made, strict=True))
+    assert any(drawn for _, drawn in batch)
