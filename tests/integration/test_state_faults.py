@@ -218,8 +218,8 @@ def _cut_in_last(marker: bytes) -> Callable[[bytes], int]:
 OFFSETS: dict[str, Callable[[bytes], int]] = {
     "-1": lambda data: len(data) - 1,
     "-100": lambda data: len(data) - 100,
-    "mid-record (the last result told)": _cut_in_last(b'"values"'),
-    "mid-record (a param of the last trial asked)": _cut_in_last(b'"param_name":"l1_ratio"'),
+    "mid-record (the last result told)": _cut_in_last(b'"values":['),
+    "mid-record (the last trial asked, created with its params)": _cut_in_last(b'"params":{"alpha"'),
 }
 
 
