@@ -20,6 +20,7 @@ import httpx
 import ray
 from ray import serve
 
+from sweeps._compat.ray_node import shutdown
 from sweeps._compat.ray_serve import serve_env
 from sweeps.errors import RunFailed
 from sweeps.serving.app import AppArgs, build_application
@@ -114,7 +115,7 @@ class Endpoint:
                     serve.delete(self.app_name)
         finally:
             if self._started_ray:
-                ray.shutdown()
+                shutdown()
                 _reap(children)
             for key, value in self._saved_env.items():
                 if value is None:

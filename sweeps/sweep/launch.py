@@ -154,9 +154,9 @@ class RayStart:
         if self._owns:
             self._release.wait()  # Ray's processes die with this thread: it ends once Ray is stopped
             if self._stop_here:
-                import ray
+                from sweeps._compat.ray_node import shutdown
 
-                ray.shutdown()
+                shutdown()
 
     def wait(self) -> bool:
         """Block until Ray is connected; True when this start launched Ray (then `stop` it when done)."""
@@ -179,9 +179,9 @@ class RayStart:
                 return
             try:
                 if self._owns:
-                    import ray
+                    from sweeps._compat.ray_node import shutdown
 
-                    ray.shutdown()
+                    shutdown()
                     self._owns = False
             finally:
                 self._release.set()
