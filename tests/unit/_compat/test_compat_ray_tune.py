@@ -19,14 +19,19 @@ import sweeps._compat
 from sweeps._compat.ray_tune import BUILT_IN_CALLBACKS, count_callbacks, patch_tune, reuse_job_workers
 
 
-def _fresh_usage() -> ModuleType:
-    """A private copy of `ray.air._internal.usage`, as Ray ships it (whatever this process patched)."""
-    spec = importlib.util.find_spec(usage.__name__)
+def _fresh(module: ModuleType) -> ModuleType:
+    """A private copy of `module`, as Ray ships it (whatever this process patched: a sweep run earlier does)."""
+    spec = importlib.util.find_spec(module.__name__)
     assert spec is not None
     assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    return copy
+
+
+def _tunes_get() -> Any:
+    """Tune's own `_ActorClassCache.get`."""
+    return _fresh(class_cache)._ActorClassCache.get
 
 
 class _Plain(tune.Callback):
@@ -59,7 +64,7 @@ def _trainable(config: dict[str, Any]) -> None:
     ids=["none", "empty", "custom", "mixed", "not-a-callback", "built-in-name", "default-logger"],
 )
 def test_count_callbacks_gives_rays_counts(callbacks: list[Any] | None) -> None:
-    assert count_callbacks(callbacks) == _fresh_usage()._count_callbacks(callbacks)
+    assert count_callbacks(callbacks) == _fresh(usage)._count_callbacks(callbacks)
 
 
 def test_rays_count_still_imports_each_integration_we_name() -> None:
@@ -92,14 +97,14 @@ def test_tune_gives_its_trainables_a_runtime_env(monkeypatch: pytest.MonkeyPatch
     # What the replacement avoids: were this gone upstream, `reuse_job_workers` would be moot.
     for name in class_cache.ENV_VARS_TO_PROPAGATE:
         monkeypatch.delenv(name, raising=False)
-    remote = class_cache._ActorClassCache().get(tune.with_parameters(_trainable))
+    remote = _tunes_get()(class_cache._ActorClassCache(), tune.with_parameters(_trainable))
     assert remote._default_options["runtime_env"] == {"env_vars": class_cache.DEFAULT_ENV_VARS}
 
 
 def test_reuse_job_workers_drops_the_runtime_env_when_nothing_is_propagated(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in class_cache.ENV_VARS_TO_PROPAGATE:
         monkeypatch.delenv(name, raising=False)
-    get = reuse_job_workers(class_cache._ActorClassCache.get)
+    get = reuse_job_workers(_tunes_get())
     cache = class_cache._ActorClassCache()
     trainable = tune.with_parameters(_trainable)
     remote = get(cache, trainable)
@@ -111,15 +116,16 @@ def test_reuse_job_workers_keeps_tunes_runtime_env_for_a_propagated_variable(mon
     for name in class_cache.ENV_VARS_TO_PROPAGATE:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key-for-every-node")
-    remote = reuse_job_workers(class_cache._ActorClassCache.get)(
+    remote = reuse_job_workers(_tunes_get())(
         class_cache._ActorClassCache(), tune.with_parameters(_trainable)
     )
     assert remote._default_options["runtime_env"]["env_vars"]["AWS_ACCESS_KEY_ID"] == "key-for-every-node"
 
 
 def test_patch_tune_installs_both_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(usage, "_count_callbacks", usage._count_callbacks)  # restored after the test
-    monkeypatch.setattr(class_cache._ActorClassCache, "get", class_cache._ActorClassCache.get)
+    # Ray as shipped for the test, whatever this process patched before; restored after it.
+    monkeypatch.setattr(usage, "_count_callbacks", _fresh(usage)._count_callbacks)
+    monkeypatch.setattr(class_cache._ActorClassCache, "get", _tunes_get())
     original_get = class_cache._ActorClassCache.get
     assert patch_tune() is True
     assert usage._count_callbacks is count_callbacks
