@@ -33,6 +33,7 @@ def fake_ray(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(launch, "connect_ray", connect)
     monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(
+        is_initialized=lambda: False,  # sweeps._compat.ray_node.shutdown then has no process table to read
         shutdown=lambda: calls.append(f"shutdown on {threading.current_thread().name}")))
     return calls
 
