@@ -26,10 +26,25 @@ __all__ = ["checkpoint", "deferred", "on_sigint", "raising"]
 _pending = threading.Event()
 
 
+def _importing(frame: FrameType | None) -> bool:
+    """Whether `frame` is inside an import (importlib's bootstrap is on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def on_sigint(signum: int, frame: FrameType | None) -> None:
-    """The CLI's SIGINT handler: remember the interrupt, then raise it here."""
+    """The CLI's SIGINT handler: remember the interrupt, then raise it here, unless mid-import.
+
+    Raised inside importlib's bootstrap while another thread imports (Ray starting on its own
+    thread), the exception can leave a module lock held, and both threads then wait for each
+    other forever; mid-import the interrupt is only remembered, and the next `checkpoint` raises it.
+    """
     _pending.set()
-    raise KeyboardInterrupt
+    if not _importing(frame):
+        raise KeyboardInterrupt
 
 
 @contextmanager
