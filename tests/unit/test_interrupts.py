@@ -12,9 +12,9 @@ from sweeps import interrupts
 
 
 def test_a_sigint_outside_an_import_raises_at_once() -> None:
-    with pytest.raises(KeyboardInterrupt, match="^$"):
+    with pytest.raises(KeyboardInterrupt, match=r"^$"):
         interrupts.on_sigint(2, sys._getframe())
-    with pytest.raises(KeyboardInterrupt, match="^$"):
+    with pytest.raises(KeyboardInterrupt, match=r"^$"):
         interrupts.checkpoint()  # remembered too
     interrupts.checkpoint()  # and raised once
 
@@ -27,5 +27,5 @@ def test_a_sigint_mid_import_is_held_for_the_next_checkpoint(tmp_path: Path, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("interrupted_module")
     assert module.FINISHED
-    with pytest.raises(KeyboardInterrupt, match="^$"):
+    with pytest.raises(KeyboardInterrupt, match=r"^$"):
         interrupts.checkpoint()
