@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -55,17 +56,29 @@ class LocalCluster:
         return env
 
 
+# Ports for the nodes come from below the kernel's ephemeral range (32768-60999 here) and above Ray's
+# worker ports (10002-19999): an ephemeral port that was free when chosen can be taken, before the
+# node binds it, by any outgoing connection, and a starting cluster makes hundreds of them.
+PORT_RANGE = range(20000, 32768)
+
+
+def _bindable(port: int) -> bool:
+    # Ray's servers listen on all interfaces.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.choice(PORT_RANGE)
+        if port not in chosen and _bindable(port):
+            chosen.append(port)
+    return chosen
 
 
 def _node_env() -> dict[str, str]:
@@ -89,10 +102,11 @@ def _start_node(
     cpus: int,
     object_store_bytes: int,
     head_port: int,
+    ports: list[int],
     dashboard_port: int | None = None,
     head: bool,
 ) -> subprocess.Popen[bytes]:
-    node_manager, object_manager, agent_http, agent_grpc, runtime_env, metrics, client = _free_ports(7)
+    node_manager, object_manager, agent_http, agent_grpc, runtime_env, metrics, client = ports
     command = [
         RAY, "start", "--block", "--disable-usage-stats",
         # Nothing here reads worker logs through drivers: one process fewer per node.
@@ -223,6 +237,64 @@ def _stop(processes: list[subprocess.Popen[bytes]], temp_root: Path, gcs_port: i
     return leftovers
 
 
+PORTS_PER_NODE = 7
+
+
+def _log_tails(temp_root: Path, processes: list[subprocess.Popen[bytes]]) -> str:
+    names = ["head"] + [f"worker{index}" for index in range(1, len(processes))]
+    parts = []
+    for name, process in zip(names, processes, strict=True):
+        log_path = temp_root / f"{name}.log"
+        tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else "(no log)"
+        parts.append(f"--- {name} (pid {process.pid}, exit {process.poll()}):\n{tail}")
+    return "\n".join(parts)
+
+
+def _start_cluster(
+    temp_root: Path,
+    ports: list[int],
+    num_nodes: int,
+    cpus_per_node: int,
+    dashboard: bool,
+    object_store_bytes: int,
+    start_timeout_s: float,
+    processes: list[subprocess.Popen[bytes]],
+) -> LocalCluster:
+    """Start the nodes under `temp_root`, appending each `ray start` process to `processes` as it starts.
+
+    `ports`: the GCS's, the dashboard's, then PORTS_PER_NODE for each node.
+    """
+    gcs_port, dashboard_port, *node_ports = ports
+    address = f"{HOST}:{gcs_port}"
+    deadline = time.monotonic() + start_timeout_s
+    for index in range(num_nodes):
+        head = index == 0
+        processes.append(
+            _start_node(
+                "head" if head else f"worker{index}",
+                temp_root,
+                cpus=cpus_per_node,
+                object_store_bytes=object_store_bytes,
+                head_port=gcs_port,
+                ports=node_ports[index * PORTS_PER_NODE : (index + 1) * PORTS_PER_NODE],
+                dashboard_port=dashboard_port if dashboard and head else None,
+                head=head,
+            )
+        )
+        if head:
+            _wait_for_port(gcs_port, processes[0], temp_root / "head.log", deadline)
+    node_ids = _wait_for_nodes(address, num_nodes, processes, deadline)
+    if dashboard:
+        _wait_for_port(dashboard_port, processes[0], temp_root / "head.log", deadline)
+    return LocalCluster(
+        address=address,
+        dashboard_url=f"http://{HOST}:{dashboard_port}" if dashboard else None,
+        temp_root=temp_root,
+        node_pids=tuple(p.pid for p in processes),
+        node_ids=tuple(node_ids),
+    )
+
+
 @contextlib.contextmanager
 def local_ray_cluster(
     num_nodes: int = 2,
@@ -232,49 +304,34 @@ def local_ray_cluster(
     object_store_bytes: int = 100 * 1024 * 1024,
     start_timeout_s: float = 60.0,
     stop_grace_s: float = 20.0,
+    attempts: int = 2,
 ) -> Iterator[LocalCluster]:
     """Start a head and `num_nodes - 1` workers on 127.0.0.1; stop every process of them on exit.
 
-    The dashboard (needed by `ray job submit`) runs on the head, on 127.0.0.1 and a free port.
+    The dashboard (needed by `ray job submit`) runs on the head, on 127.0.0.1 and a free port. A
+    start that fails (a node exits, or not every node registers in time) is logged with the nodes'
+    log tails and tried again on fresh ports, `attempts` times in all: a fixture error hides every
+    test of its module, and one suite run in ~20 saw a node exit during start-up.
     """
-    # Short, private root: Ray's Unix sockets live under it and paths are limited to 107 bytes.
-    temp_root = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
-    gcs_port, dashboard_port = _free_ports(2)
-    address = f"{HOST}:{gcs_port}"
-    deadline = time.monotonic() + start_timeout_s
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        head = _start_node(
-            "head",
-            temp_root,
-            cpus=cpus_per_node,
-            object_store_bytes=object_store_bytes,
-            head_port=gcs_port,
-            dashboard_port=dashboard_port if dashboard else None,
-            head=True,
-        )
-        processes.append(head)
-        _wait_for_port(gcs_port, head, temp_root / "head.log", deadline)
-        for index in range(1, num_nodes):
-            worker = _start_node(
-                f"worker{index}",
-                temp_root,
-                cpus=cpus_per_node,
-                object_store_bytes=object_store_bytes,
-                head_port=gcs_port,
-                head=False,
+    for attempt in range(1, attempts + 1):
+        # Short, private root: Ray's Unix sockets live under it and paths are limited to 107 bytes.
+        temp_root = Path(tempfile.mkdtemp(prefix="rayc-", dir="/tmp"))
+        processes: list[subprocess.Popen[bytes]] = []
+        ports = _free_ports(2 + PORTS_PER_NODE * num_nodes)
+        try:
+            cluster = _start_cluster(
+                temp_root, ports, num_nodes, cpus_per_node, dashboard, object_store_bytes, start_timeout_s, processes
             )
-            processes.append(worker)
-        node_ids = _wait_for_nodes(address, num_nodes, processes, deadline)
-        if dashboard:
-            _wait_for_port(dashboard_port, head, temp_root / "head.log", deadline)
-        yield LocalCluster(
-            address=address,
-            dashboard_url=f"http://{HOST}:{dashboard_port}" if dashboard else None,
-            temp_root=temp_root,
-            node_pids=tuple(p.pid for p in processes),
-            node_ids=tuple(node_ids),
-        )
+            break
+        except (RuntimeError, TimeoutError) as error:
+            tails = _log_tails(temp_root, processes)
+            _stop(processes, temp_root, ports[0], stop_grace_s)
+            shutil.rmtree(temp_root, ignore_errors=True)
+            if attempt == attempts:
+                raise TimeoutError(f"{error}\n{tails}") from error
+            log.warning("local Ray cluster start %d of %d failed: %s\n%s", attempt, attempts, error, tails)
+    try:
+        yield cluster
     finally:
-        _stop(processes, temp_root, gcs_port, stop_grace_s)
+        _stop(processes, temp_root, ports[0], stop_grace_s)
         shutil.rmtree(temp_root, ignore_errors=True)
