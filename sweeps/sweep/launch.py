@@ -86,6 +86,8 @@ def connect_ray(address: str | None, concurrency: int) -> bool:
     """Connect to (or start) Ray; True when this call started it and must shut it down."""
     import ray
 
+    from sweeps._compat.ray_node import init_local
+
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS")
@@ -94,13 +96,7 @@ def connect_ray(address: str | None, concurrency: int) -> bool:
     else:
         # "local" always starts a private instance, never attaching to a `ray start` cluster
         # that happens to run on this machine: a laptop sweep stays on the laptop.
-        ray.init(
-            address="local",
-            num_cpus=max(concurrency, os.cpu_count() or 1),
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        init_local(num_cpus=max(concurrency, os.cpu_count() or 1), log_to_driver=False, configure_logging=False)
     return True
 
 

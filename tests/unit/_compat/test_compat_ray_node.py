@@ -1,10 +1,12 @@
-"""`ray.shutdown` with the autoscaler's monitor killed first: the order, and Ray's table as the fence reads it."""
+"""Ray's lean local start (no API server, no monitor) and `ray.shutdown` with the monitor killed first."""
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import ray
@@ -49,3 +51,71 @@ def test_an_untested_ray_shuts_down_as_shipped(
     monkeypatch.setattr(ray, "shutdown", lambda: at_shutdown.append(monitor.poll()))
     ray_node.shutdown()
     assert at_shutdown == [None]
+
+
+def test_rays_head_start_still_calls_the_methods_the_lean_start_replaces() -> None:
+    from ray._private.node import Node
+
+    head_start = inspect.getsource(Node.start_head_processes)
+    for name in ray_node.SKIPPED_HEAD_PROCESSES:
+        assert callable(Node.__dict__[name])
+        assert f"self.{name}(" in head_start, f"Ray's head start no longer calls Node.{name}"
+
+
+@pytest.fixture
+def recorded_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """`ray.init` recording its arguments and which of the skipped `Node` methods were Ray's own during it."""
+    from ray._private.node import Node
+
+    shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES}
+    calls: list[dict[str, Any]] = []
+
+    def init(**kwargs: Any) -> None:
+        own = [name for name, method in shipped.items() if Node.__dict__[name] is method]
+        calls.append({"kwargs": kwargs, "ray_s_own": own})
+
+    monkeypatch.setattr(ray, "init", init)
+    return calls
+
+
+def test_the_lean_start_skips_the_api_server_and_monitor_only_during_ray_init(
+    recorded_init: list[dict[str, Any]],
+) -> None:
+    from ray._private.node import Node
+
+    shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES}
+    ray_node.init_local(num_cpus=2, log_to_driver=False)
+    assert recorded_init == [
+        {
+            "kwargs": {"address": "local", "include_dashboard": False, "num_cpus": 2, "log_to_driver": False},
+            "ray_s_own": [],
+        }
+    ]
+    assert {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES} == shipped
+
+
+def test_the_lean_start_puts_rays_methods_back_when_ray_init_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray._private.node import Node
+
+    shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES}
+
+    def failing_init(**kwargs: Any) -> None:
+        raise ConnectionError("the raylet did not start")
+
+    monkeypatch.setattr(ray, "init", failing_init)
+    with pytest.raises(ConnectionError, match="the raylet did not start"):
+        ray_node.init_local(num_cpus=1)
+    assert {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES} == shipped
+
+
+def test_an_untested_ray_starts_as_shipped(
+    recorded_init: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweeps._compat, "installed_version", lambda package: "9.9.9")
+    ray_node.init_local(num_cpus=1)
+    assert recorded_init == [
+        {
+            "kwargs": {"address": "local", "include_dashboard": False, "num_cpus": 1},
+            "ray_s_own": list(ray_node.SKIPPED_HEAD_PROCESSES),
+        }
+    ]
