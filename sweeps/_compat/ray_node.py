@@ -1,14 +1,16 @@
 """Ray core's node start and process table, fenced: a private local Ray in half the time, stopped without a wait.
 
-`init_local` starts a private local Ray (`ray.init(address="local")`) without the two head
-processes a fixed-size, dashboard-less Ray never uses: the API server (`Node.start_api_server`:
-with `include_dashboard=False` it serves only usage statistics, and `ray.init` polls the GCS for
-its address, 1-2 s, before it starts the raylet) and the autoscaler's monitor
-(`Node.start_monitor`: a local Ray has no autoscaler to run). Both are skipped by replacing the
-two `Node` methods for the duration of `ray.init`, which runs one start at a time. Measured: the
-start 4.4-5.4 s -> 2.3-3.4 s, `ray.shutdown` 1.2-1.5 s -> 0.1-0.4 s (`Node.start_head_processes`
-of Ray 2.60 calls both; a unit test reads that it still does). `ray.util.state`, the dashboard
-and `ray job submit` need the API server: a Ray that serves them is started with `ray start`.
+`init_local` starts a private local Ray (`ray.init(address="local")`, worker output left in
+Ray's log files) without three processes such a Ray never uses: the API server
+(`Node.start_api_server`: with `include_dashboard=False` it serves only usage statistics, and
+`ray.init` polls the GCS for its address, 1-2 s, before it starts the raylet), the autoscaler's
+monitor (`Node.start_monitor`: a local Ray has no autoscaler to run) and the log monitor
+(`Node.start_log_monitor`: it sends worker output to drivers, and this driver asks for none).
+They are skipped by replacing those `Node` methods for the duration of `ray.init`, which runs
+one start at a time. Measured: the start 4.4-5.4 s -> 2.3-3.4 s, `ray.shutdown` 1.2-1.5 s ->
+0.1-0.4 s (`Node` of Ray 2.60 calls all three; a unit test reads that it still does).
+`ray.util.state`, the dashboard and `ray job submit` need the API server: a Ray that serves
+them is started with `ray start`.
 
 `ray.shutdown()` stops the processes of a Ray this process started one kind at a time, each
 with a SIGTERM and up to a second's wait before a SIGKILL (`Node._kill_process_impl`). The
@@ -33,10 +35,10 @@ from typing import Any
 from sweeps._compat import check_version
 from sweeps._compat.ray_serve import TESTED_RAY
 
-__all__ = ["SKIPPED_HEAD_PROCESSES", "init_local", "monitor_processes", "shutdown"]
+__all__ = ["SKIPPED_PROCESSES", "init_local", "monitor_processes", "shutdown"]
 
-# `ray._private.node.Node` methods that start a head process `init_local` does without.
-SKIPPED_HEAD_PROCESSES = ("start_api_server", "start_monitor")
+# `ray._private.node.Node` methods that start a process `init_local` does without.
+SKIPPED_PROCESSES = ("start_api_server", "start_monitor", "start_log_monitor")
 _starting = threading.Lock()
 
 
@@ -45,20 +47,20 @@ def _skip(*args: Any, **kwargs: Any) -> None:
 
 
 def init_local(**init_kwargs: Any) -> None:
-    """`ray.init(address="local", include_dashboard=False, **init_kwargs)`; on a tested Ray, the lean start."""
+    """`ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)`, lean when tested."""
     import ray
 
-    if not check_version("ray", TESTED_RAY, "a local Ray started as shipped (with its API server and monitor)"):
-        ray.init(address="local", include_dashboard=False, **init_kwargs)
+    if not check_version("ray", TESTED_RAY, "a local Ray started as shipped (with its API server and monitors)"):
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)
         return
     from ray._private.node import Node
 
     with _starting:
-        shipped = {name: Node.__dict__[name] for name in SKIPPED_HEAD_PROCESSES}
+        shipped = {name: Node.__dict__[name] for name in SKIPPED_PROCESSES}
         try:
-            for name in SKIPPED_HEAD_PROCESSES:
+            for name in SKIPPED_PROCESSES:
                 setattr(Node, name, _skip)
-            ray.init(address="local", include_dashboard=False, **init_kwargs)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)
         finally:
             for name, method in shipped.items():
                 setattr(Node, name, method)

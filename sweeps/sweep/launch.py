@@ -96,7 +96,7 @@ def connect_ray(address: str | None, concurrency: int) -> bool:
     else:
         # "local" always starts a private instance, never attaching to a `ray start` cluster
         # that happens to run on this machine: a laptop sweep stays on the laptop.
-        init_local(num_cpus=max(concurrency, os.cpu_count() or 1), log_to_driver=False, configure_logging=False)
+        init_local(num_cpus=max(concurrency, os.cpu_count() or 1), configure_logging=False)
     return True
 
 
@@ -182,4 +182,3 @@ class RayStart:
             finally:
                 self._release.set()
                 self._thread.join()
-

@@ -1,4 +1,4 @@
-"""A Ray a command starts: no API server and no monitor, a task runs, and stopping it ends every process.
+"""A Ray a command starts: no API server and no monitors, a task runs, and stopping it ends every process.
 
 Ray started as shipped (the Serve endpoint's start) runs an autoscaler monitor: `ray_node.shutdown`
 kills it first, so Ray never waits the second its SIGTERM takes.
@@ -22,7 +22,7 @@ def _processes() -> dict[str, list[int]]:
     return {kind: [info.process.pid for info in infos] for kind, infos in node.all_processes.items()}
 
 
-def test_a_started_ray_runs_without_api_server_and_monitor_and_stops_every_process() -> None:
+def test_a_started_ray_runs_without_api_server_and_monitors_and_stops_every_process() -> None:
     start = RayStart(None, 2)
     try:
         assert start.wait() is True
@@ -37,6 +37,7 @@ def test_a_started_ray_runs_without_api_server_and_monitor_and_stops_every_proce
 
     assert ray_constants.PROCESS_TYPE_DASHBOARD not in kinds
     assert ray_constants.PROCESS_TYPE_MONITOR not in kinds
+    assert ray_constants.PROCESS_TYPE_LOG_MONITOR not in kinds
     assert {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET} <= set(kinds)
     assert not ray.is_initialized()
     assert [p.pid for p in processes if p.poll() is None] == []

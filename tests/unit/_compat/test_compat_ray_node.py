@@ -53,13 +53,13 @@ def test_an_untested_ray_shuts_down_as_shipped(
     assert at_shutdown == [None]
 
 
-def test_rays_head_start_still_calls_the_methods_the_lean_start_replaces() -> None:
+def test_rays_node_start_still_calls_the_methods_the_lean_start_replaces() -> None:
     from ray._private.node import Node
 
-    head_start = inspect.getsource(Node.start_head_processes)
-    for name in ray_node.SKIPPED_HEAD_PROCESSES:
+    node_start = inspect.getsource(Node.start_head_processes) + inspect.getsource(Node.start_ray_processes)
+    for name in ray_node.SKIPPED_PROCESSES:
         assert callable(Node.__dict__[name])
-        assert f"self.{name}(" in head_start, f"Ray's head start no longer calls Node.{name}"
+        assert f"self.{name}(" in node_start, f"Ray's node start no longer calls Node.{name}"
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def recorded_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """`ray.init` recording its arguments and which of the skipped `Node` methods were Ray's own during it."""
     from ray._private.node import Node
 
-    shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES}
+    shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES}
     calls: list[dict[str, Any]] = []
 
     def init(**kwargs: Any) -> None:
@@ -83,21 +83,21 @@ def test_the_lean_start_skips_the_api_server_and_monitor_only_during_ray_init(
 ) -> None:
     from ray._private.node import Node
 
-    shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES}
-    ray_node.init_local(num_cpus=2, log_to_driver=False)
+    shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES}
+    ray_node.init_local(num_cpus=2)
     assert recorded_init == [
         {
-            "kwargs": {"address": "local", "include_dashboard": False, "num_cpus": 2, "log_to_driver": False},
+            "kwargs": {"address": "local", "include_dashboard": False, "log_to_driver": False, "num_cpus": 2},
             "ray_s_own": [],
         }
     ]
-    assert {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES} == shipped
+    assert {name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES} == shipped
 
 
 def test_the_lean_start_puts_rays_methods_back_when_ray_init_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     from ray._private.node import Node
 
-    shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES}
+    shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES}
 
     def failing_init(**kwargs: Any) -> None:
         raise ConnectionError("the raylet did not start")
@@ -105,7 +105,7 @@ def test_the_lean_start_puts_rays_methods_back_when_ray_init_fails(monkeypatch: 
     monkeypatch.setattr(ray, "init", failing_init)
     with pytest.raises(ConnectionError, match="the raylet did not start"):
         ray_node.init_local(num_cpus=1)
-    assert {name: Node.__dict__[name] for name in ray_node.SKIPPED_HEAD_PROCESSES} == shipped
+    assert {name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES} == shipped
 
 
 def test_an_untested_ray_starts_as_shipped(
@@ -115,7 +115,7 @@ def test_an_untested_ray_starts_as_shipped(
     ray_node.init_local(num_cpus=1)
     assert recorded_init == [
         {
-            "kwargs": {"address": "local", "include_dashboard": False, "num_cpus": 1},
-            "ray_s_own": list(ray_node.SKIPPED_HEAD_PROCESSES),
+            "kwargs": {"address": "local", "include_dashboard": False, "log_to_driver": False, "num_cpus": 1},
+            "ray_s_own": list(ray_node.SKIPPED_PROCESSES),
         }
     ]
