@@ -16,8 +16,8 @@ them is started with `ray start`.
 with a SIGTERM and up to a second's wait before a SIGKILL (`Node._kill_process_impl`). The
 autoscaler's monitor, which a local Ray started as shipped runs (the Serve endpoint's, or
 `init_local`'s fallback), does not exit on SIGTERM within that second, so the command waited a
-second for it at the end. `shutdown` kills the monitor first (it keeps no state: the GCS holds the cluster's), and
-Ray then finds it gone. The table is `ray._private.worker._global_node.all_processes`: process
+second for it at the end. `shutdown` kills the monitor first (it keeps no state: the GCS holds
+the cluster's), and Ray then finds it gone. The table is `ray._private.worker._global_node.all_processes`: process
 kind -> `ProcessInfo`s whose `process` is the `subprocess.Popen`; the monitor's kind is
 `ray_constants.PROCESS_TYPE_MONITOR`. A driver connected to a Ray it did not start has no
 processes there, and `shutdown` is then `ray.shutdown()`.
@@ -50,16 +50,15 @@ def init_local(**init_kwargs: Any) -> None:
     """`ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)`, lean when tested."""
     import ray
 
-    if not check_version("ray", TESTED_RAY, "a local Ray started as shipped (with its API server and monitors)"):
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)
-        return
-    from ray._private.node import Node
-
     with _starting:
-        shipped = {name: Node.__dict__[name] for name in SKIPPED_PROCESSES}
-        try:
+        shipped: dict[str, Any] = {}
+        if check_version("ray", TESTED_RAY, "a local Ray started as shipped (with its API server and monitors)"):
+            from ray._private.node import Node
+
+            shipped = {name: Node.__dict__[name] for name in SKIPPED_PROCESSES}
             for name in SKIPPED_PROCESSES:
                 setattr(Node, name, _skip)
+        try:
             ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)
         finally:
             for name, method in shipped.items():
