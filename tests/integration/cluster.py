@@ -240,10 +240,15 @@ def _stop(processes: list[subprocess.Popen[bytes]], temp_root: Path, gcs_port: i
 PORTS_PER_NODE = 7
 
 
+def _node_name(index: int) -> str:
+    """The node's name, and its log's (`<temp root>/<name>.log`): the head first, then worker1, worker2, ..."""
+    return "head" if index == 0 else f"worker{index}"
+
+
 def _log_tails(temp_root: Path, processes: list[subprocess.Popen[bytes]]) -> str:
-    names = ["head"] + [f"worker{index}" for index in range(1, len(processes))]
     parts = []
-    for name, process in zip(names, processes, strict=True):
+    for index, process in enumerate(processes):
+        name = _node_name(index)
         log_path = temp_root / f"{name}.log"
         tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else "(no log)"
         parts.append(f"--- {name} (pid {process.pid}, exit {process.poll()}):\n{tail}")
@@ -266,12 +271,13 @@ def _start_cluster(
     """
     gcs_port, dashboard_port, *node_ports = ports
     address = f"{HOST}:{gcs_port}"
+    head_log = temp_root / f"{_node_name(0)}.log"
     deadline = time.monotonic() + start_timeout_s
     for index in range(num_nodes):
         head = index == 0
         processes.append(
             _start_node(
-                "head" if head else f"worker{index}",
+                _node_name(index),
                 temp_root,
                 cpus=cpus_per_node,
                 object_store_bytes=object_store_bytes,
@@ -282,10 +288,10 @@ def _start_cluster(
             )
         )
         if head:
-            _wait_for_port(gcs_port, processes[0], temp_root / "head.log", deadline)
+            _wait_for_port(gcs_port, processes[0], head_log, deadline)
     node_ids = _wait_for_nodes(address, num_nodes, processes, deadline)
     if dashboard:
-        _wait_for_port(dashboard_port, processes[0], temp_root / "head.log", deadline)
+        _wait_for_port(dashboard_port, processes[0], head_log, deadline)
     return LocalCluster(
         address=address,
         dashboard_url=f"http://{HOST}:{dashboard_port}" if dashboard else None,

@@ -16,19 +16,13 @@ from sweeps.sweep.launch import RayStart
 pytestmark = pytest.mark.integration
 
 
-def _processes() -> dict[str, list[int]]:
-    node = worker._global_node
-    assert node is not None
-    return {kind: [info.process.pid for info in infos] for kind, infos in node.all_processes.items()}
-
-
 def test_a_started_ray_runs_without_api_server_and_monitors_and_stops_every_process() -> None:
     start = RayStart(None, 2)
     try:
         assert start.wait() is True
-        kinds = _processes()
         node = worker._global_node
         assert node is not None
+        kinds = set(node.all_processes)
         processes = [info.process for infos in node.all_processes.values() for info in infos]
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
         assert ray.cluster_resources().get("CPU") == 2
@@ -38,7 +32,7 @@ def test_a_started_ray_runs_without_api_server_and_monitors_and_stops_every_proc
     assert ray_constants.PROCESS_TYPE_DASHBOARD not in kinds
     assert ray_constants.PROCESS_TYPE_MONITOR not in kinds
     assert ray_constants.PROCESS_TYPE_LOG_MONITOR not in kinds
-    assert {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET} <= set(kinds)
+    assert {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET} <= kinds
     assert not ray.is_initialized()
     assert [p.pid for p in processes if p.poll() is None] == []
 
