@@ -8,6 +8,7 @@ from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
@@ -19,6 +20,7 @@ import sweeps._compat
 from sweeps._compat.optuna_tpe import (
     WAITING_SCAN_STATES,
     BatchTPESampler,
+    _CachingTPESampler,
     _public_tell,
     batch_tpe_sampler,
     is_waiting_scan,
@@ -313,3 +315,65 @@ def test_teller_tells_as_study_tell_does(tested: bool, monkeypatch: pytest.Monke
     assert (told[ok.number].state, told[ok.number].values) == (told[reference.number].state, [0.5, 2.0])
     assert told[failed.number].state == TrialState.FAIL
     assert study._thread_local.cached_all_trials is None, "the trials cached for the sampler are dropped, as tell does"
+
+
+def _same_estimator(a: Any, b: Any) -> bool:
+    """Whether two fitted `_ParzenEstimator`s hold the same mixture: weights and every kernel's parameters."""
+    first, second = a._mixture_distribution, b._mixture_distribution
+    if not np.array_equal(first.weights, second.weights) or len(first.distributions) != len(second.distributions):
+        return False
+    return all(
+        type(x) is type(y) and all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(x, y, strict=True))
+        for x, y in zip(first.distributions, second.distributions, strict=True)
+    )
+
+
+def _shadow_like(n_objectives: int) -> list[FrozenTrial]:
+    """Trials as the windowed sampler's shadow holds them: numbered out of order, tied values, some infeasible."""
+    trials = []
+    for i, trial in enumerate(_history(60, n_objectives, seed=4)):
+        values = [round(v) for v in trial.values] if i % 3 else trial.values  # ties
+        repeat = {"repeats_a_known_point": 1.0 if i % 5 == 0 else 0.0}
+        trials.append(create_trial(params=trial.params, distributions=SPACE, values=values, constraints=repeat))
+        trials[-1].number = (i * 7) % 60  # told out of order
+    return trials
+
+
+def _caching(seed: int) -> _CachingTPESampler:
+    sampler = batch_tpe_sampler(seed=seed, multivariate=True, constant_liar=False)
+    assert isinstance(sampler, _CachingTPESampler), "the installed Optuna is the tested one: the fast path is on"
+    return sampler
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+@pytest.mark.parametrize("n_objectives", [1, 2])
+def test_columns_fit_the_estimators_optunas_split_fits(n_objectives: int, direction: str) -> None:
+    sampler = _caching(3)
+    storage = InMemoryStorage()
+    study = optuna.create_study(storage=storage, directions=[direction] * n_objectives, sampler=sampler)
+    trials = _shadow_like(n_objectives)
+    study = sampler.add_trials(study, storage, trials[:25])
+    study = sampler.add_trials(study, storage, trials[25:])
+    # The liar's trials: RUNNING, unnumbered (-1), among the bad ones.
+    sampler.running = [create_trial(state=TrialState.RUNNING, params=t.params, distributions=SPACE)
+                       for t in _history(9, n_objectives, seed=8)]
+    space = dict(sorted(SPACE.items()))
+    from_columns = sampler._fit_columns(study, space)
+    assert from_columns is not None, "the columns describe the study's cache"
+    from_trials = sampler._fit(study, space)
+    for fast, slow in zip(from_columns, from_trials, strict=True):
+        assert _same_estimator(fast, slow)
+    assert not _same_estimator(from_columns[0], from_trials[1]), "the comparison can tell estimators apart"
+
+
+def test_columns_are_not_used_once_they_no_longer_describe_the_cache() -> None:
+    sampler = _caching(3)
+    storage = InMemoryStorage()
+    study = sampler.add_trials(optuna.create_study(storage=storage, sampler=sampler), storage, _shadow_like(1))
+    space = dict(sorted(SPACE.items()))
+    assert sampler._fit_columns(study, space) is not None
+    study._thread_local.cached_all_trials = None  # as `study.tell` drops it
+    assert sampler._fit_columns(study, space) is None
+    sampler.running = [create_trial(state=TrialState.RUNNING, params={"x": 0.0}, distributions={"x": SPACE["x"]})]
+    study = sampler.add_trials(study, storage, [])
+    assert sampler._fit_columns(study, space) is None, "a running trial without every param: Optuna's own split"
