@@ -14,6 +14,7 @@ import pytest
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.samplers import TPESampler
 from optuna.storages import InMemoryStorage, JournalStorage
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 import sweeps._compat
@@ -345,9 +346,9 @@ def _caching(seed: int) -> _CachingTPESampler:
     return sampler
 
 
-@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+@pytest.mark.parametrize("direction", [StudyDirection.MINIMIZE, StudyDirection.MAXIMIZE])
 @pytest.mark.parametrize("n_objectives", [1, 2])
-def test_columns_fit_the_estimators_optunas_split_fits(n_objectives: int, direction: str) -> None:
+def test_columns_fit_the_estimators_optunas_split_fits(n_objectives: int, direction: StudyDirection) -> None:
     sampler = _caching(3)
     storage = InMemoryStorage()
     study = optuna.create_study(storage=storage, directions=[direction] * n_objectives, sampler=sampler)
