@@ -74,6 +74,8 @@ __all__ = [
 TESTED_OPTUNA = "5.0.*"
 _BLOCK_ROWS = 128
 SCREEN_MARGIN = 1e-4
+_SCREEN_FLOOR = -57.0
+"""A screened log density below this may have lost terms to single precision's underflow (see `_screen`)."""
 """Candidates whose screened score comes this close to their group's best are scored again exactly."""
 WAITING_SCAN_STATES = (TrialState.WAITING,)
 _FINISHED_FOR_TPE = (TrialState.COMPLETE,)
@@ -141,6 +143,8 @@ class _CompiledMixture:
         half_quadratic = -0.5 * np.concatenate([inv_var, -2.0 * self._mu * inv_var], axis=1)
         self._half_quadratic = half_quadratic.T  # (2 dims, kernels)
         self._offset = self._const - 0.5 * (self._mu**2 * inv_var).sum(axis=1)
+        # The screen's product also adds the offset: features (x^2, x, 1).
+        self._screen_quadratic = np.concatenate([self._half_quadratic, self._offset[None, :]])
 
     def sample(self, rng: np.random.RandomState, size: int) -> dict[str, np.ndarray]:
         """`_ParzenEstimator.sample`: the same random draws in the same order as Optuna's mixture.
@@ -161,32 +165,55 @@ class _CompiledMixture:
     def log_pdf(self, samples: dict[str, np.ndarray], exact: bool = True) -> np.ndarray:
         """The mixture's log density at each candidate (rows of `samples`, in internal representation).
 
-        With `exact` false, a screen: the kernels' terms are exponentiated in single precision
-        (four times faster here) and summed in double. Each term is relative to the largest, so
-        only the terms within about 30 + log(kernels) of it count, and each carries at most
-        (|exponent| + 1) single-precision roundings: the log density is off by less than 3e-6
-        (`SCREEN_MARGIN` leaves a wide margin).
+        With `exact` false, a screen (`_screen`) off by less than 1e-5, not to rounding.
         """
         x = np.stack([np.log(samples[n]) if log else np.asarray(samples[n], dtype=float)
                       for n, log in zip(self._names, self._is_log, strict=True)], axis=1)
         features = np.concatenate([x * x, x], axis=1)
-        out = np.empty(len(x))
-        # Rows in blocks: a block's (rows x kernels) matrix stays in cache through its five passes.
-        for start in range(0, len(x), _BLOCK_ROWS):
+        out = np.full(len(x), np.nan)
+        if not exact:
+            self._screen(features, out)
+        redo = np.flatnonzero(np.isnan(out))
+        if redo.size:
+            out[redo] = self._exact(features[redo])
+        out[((x < self._low) | (x > self._high)).any(axis=1)] = -np.inf
+        return out
+
+    def _exact(self, features: np.ndarray) -> np.ndarray:
+        out = np.empty(len(features))
+        # Rows in blocks: a block's (rows x kernels) matrix stays in cache through its passes.
+        for start in range(0, len(features), _BLOCK_ROWS):
             weighted = features[start : start + _BLOCK_ROWS] @ self._half_quadratic
             weighted += self._offset
             top = weighted.max(axis=1)
             top[np.isneginf(top)] = 0.0
             weighted -= top[:, None]
-            if exact:
-                np.exp(weighted, out=weighted)
-                total = weighted.sum(axis=1)
-            else:
-                total = np.exp(weighted.astype(np.float32)).sum(axis=1, dtype=np.float64)
+            np.exp(weighted, out=weighted)
             with np.errstate(divide="ignore"):
-                out[start : start + _BLOCK_ROWS] = np.log(total) + top
-        out[((x < self._low) | (x > self._high)).any(axis=1)] = -np.inf
+                out[start : start + _BLOCK_ROWS] = np.log(weighted.sum(axis=1)) + top
         return out
+
+    def _screen(self, features: np.ndarray, out: np.ndarray) -> None:
+        """The log density at each row of `features` to within 1e-5, or NaN where that cannot be promised.
+
+        Each kernel's log term is computed in double precision and exponentiated in single
+        precision without the row's largest term taken out first: a term t rounded to single
+        precision is off by |t| x 6e-8 at most, so where every term that counts lies within
+        single precision's range (|t| < 88) the log of their sum is off by less than 6e-6. A row
+        whose sum overflows, or whose largest terms come near the underflow (log sum < -57: the
+        terms lost below -87 could then count), is NaN and scored exactly instead.
+        """
+        features = np.concatenate([features, np.ones((len(features), 1))], axis=1)
+        for start in range(0, len(features), _BLOCK_ROWS):
+            weighted = features[start : start + _BLOCK_ROWS] @ self._screen_quadratic
+            terms = weighted.astype(np.float32)
+            with np.errstate(over="ignore", under="ignore"):
+                np.exp(terms, out=terms)
+            total = terms.sum(axis=1, dtype=np.float64)
+            with np.errstate(divide="ignore"):
+                block = np.log(total)
+            block[~(block >= _SCREEN_FLOOR) | ~np.isfinite(block)] = np.nan
+            out[start : start + _BLOCK_ROWS] = block
 
 
 def _log_diff(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:

@@ -111,6 +111,21 @@ def test_the_screened_log_pdf_is_within_its_bound(n_objectives: int) -> None:
         assert SCREEN_MARGIN > 10 * 3e-6
 
 
+@pytest.mark.parametrize("shift", [-100.0, 100.0], ids=["underflow", "overflow"])
+def test_the_screen_scores_exactly_where_single_precision_cannot_hold_the_terms(shift: float) -> None:
+    below, _ = _estimators(1, CONTINUOUS)
+    compiled = _CompiledMixture(below)
+    samples = below.sample(np.random.RandomState(1), 500)  # type: ignore[attr-defined]
+    exact = compiled.log_pdf(samples)
+    # Every kernel's log term moved by `shift`: below single precision's underflow, or past its overflow.
+    compiled._offset = compiled._offset + shift
+    compiled._screen_quadratic = compiled._screen_quadratic.copy()
+    compiled._screen_quadratic[-1] += shift
+    shifted = compiled.log_pdf(samples)
+    assert np.allclose(shifted, exact + shift, rtol=0, atol=1e-9)
+    assert np.abs(compiled.log_pdf(samples, exact=False) - shifted).max() < 3e-6
+
+
 def test_asks_are_the_exact_best_when_the_screen_is_off_by_up_to_its_margin() -> None:
     sampler = batch_tpe_sampler(seed=9, multivariate=True, constant_liar=False)
     study = _study(sampler, CONTINUOUS, 300, 1)
