@@ -74,9 +74,11 @@ __all__ = [
 TESTED_OPTUNA = "5.0.*"
 _BLOCK_ROWS = 128
 SCREEN_MARGIN = 1e-4
+"""Candidates whose screened score comes this close to their group's best are scored again exactly."""
 _SCREEN_FLOOR = -57.0
 """A screened log density below this may have lost terms to single precision's underflow (see `_screen`)."""
-"""Candidates whose screened score comes this close to their group's best are scored again exactly."""
+_SCREEN_ROWS = 64
+"""Candidates screened at once: their (rows x kernels) terms stay in the core's cache through the screen's passes."""
 WAITING_SCAN_STATES = (TrialState.WAITING,)
 _FINISHED_FOR_TPE = (TrialState.COMPLETE,)
 
@@ -204,16 +206,19 @@ class _CompiledMixture:
         terms lost below -87 could then count), is NaN and scored exactly instead.
         """
         features = np.concatenate([features, np.ones((len(features), 1))], axis=1)
-        for start in range(0, len(features), _BLOCK_ROWS):
-            weighted = features[start : start + _BLOCK_ROWS] @ self._screen_quadratic
-            terms = weighted.astype(np.float32)
+        kernels = self._screen_quadratic.shape[1]
+        weighted, terms = np.empty((_SCREEN_ROWS, kernels)), np.empty((_SCREEN_ROWS, kernels), dtype=np.float32)
+        for start in range(0, len(features), _SCREEN_ROWS):
+            rows = features[start : start + _SCREEN_ROWS]
+            np.matmul(rows, self._screen_quadratic, out=weighted[: len(rows)])
+            np.copyto(terms[: len(rows)], weighted[: len(rows)], casting="same_kind")
             with np.errstate(over="ignore", under="ignore"):
-                np.exp(terms, out=terms)
-            total = terms.sum(axis=1, dtype=np.float64)
+                np.exp(terms[: len(rows)], out=terms[: len(rows)])
+            total = terms[: len(rows)].sum(axis=1, dtype=np.float64)
             with np.errstate(divide="ignore"):
                 block = np.log(total)
             block[~(block >= _SCREEN_FLOOR) | ~np.isfinite(block)] = np.nan
-            out[start : start + _BLOCK_ROWS] = block
+            out[start : start + _SCREEN_ROWS] = block
 
 
 def _log_diff(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
