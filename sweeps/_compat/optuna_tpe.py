@@ -282,7 +282,7 @@ def _plain_running(running: Sequence[FrozenTrial], search_space: dict[str, BaseD
 
 
 class _Columns:
-    """The trials a study caches for its sampler, as arrays: what a fit reads of them, read once a trial.
+    """The trials a study caches for its sampler, as columns: what a fit reads of them, read once a trial.
 
     Appended to as `add_trials` extends the cache; `describes(study)` says whether they still
     are that cache (the same list, as long), else the fit reads the trials as Optuna does.
@@ -291,9 +291,9 @@ class _Columns:
     def __init__(self, study: Study, cached: list[FrozenTrial]) -> None:
         self._study, self._cache = study, cached
         self.trials: list[FrozenTrial] = []
-        self.numbers = np.empty(0, dtype=int)
-        self.values = np.empty((0, len(study.directions)))
-        self.infeasible = np.empty(0)
+        self._numbers: list[int] = []
+        self._values: list[Sequence[float]] = []
+        self._infeasible: list[float] = []
         # Per search space (names), its distributions and each trial's params in internal representation.
         self._internal: dict[tuple[str, ...], tuple[dict[str, BaseDistribution], dict[str, list[Any]]]] = {}
         self.extend(cached)
@@ -303,14 +303,19 @@ class _Columns:
                 and len(self._cache) == len(self.trials))
 
     def extend(self, trials: Sequence[FrozenTrial]) -> None:
-        trials = list(trials)
-        if not all(t.state == TrialState.COMPLETE and t.values is not None for t in trials):
-            self._cache = []  # a fit that also needs pruned or failed trials reads them as Optuna does
-        self.trials.extend(trials)
-        self.numbers = np.concatenate([self.numbers, [t.number for t in trials]]).astype(int)
-        values = np.array([t.values for t in trials if t.values is not None], dtype=float)
-        self.values = np.concatenate([self.values, values.reshape(-1, self.values.shape[1])])
-        self.infeasible = np.concatenate([self.infeasible, [_infeasible_score(t) for t in trials]])
+        for trial in trials:
+            if trial.state != TrialState.COMPLETE or trial.values is None:
+                self._cache = []  # a fit that also needs pruned or failed trials reads them as Optuna does
+                return
+            self.trials.append(trial)
+            self._numbers.append(trial.number)
+            self._values.append(trial.values)
+            self._infeasible.append(_infeasible_score(trial))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every trial's number, objective values (a row each) and constraint score (`_infeasible_score`)."""
+        values = np.array(self._values, dtype=float).reshape(len(self._values), len(self._study.directions))
+        return np.array(self._numbers, dtype=int), values, np.array(self._infeasible, dtype=float)
 
     def internal(self, search_space: dict[str, BaseDistribution]) -> dict[str, list[Any]] | None:
         """Every trial's params in `search_space`'s internal representation (None if a trial lacks one)."""
@@ -438,11 +443,12 @@ class _CachingTPESampler(BatchTPESampler):
         from optuna.samplers._tpe.sampler import _split_complete_trials_multi_objective
 
         n_below = self._gamma_of(study)(len(columns.trials))
-        feasible = np.flatnonzero(columns.infeasible == 0)
+        trial_numbers, values, scores = columns.arrays()
+        feasible = np.flatnonzero(scores == 0)
         if len(study.directions) == 1:
             # `sorted` by value (reverse=True to maximise) keeps ties in their order, as a stable argsort of +-value.
             sign = 1.0 if study.direction == StudyDirection.MINIMIZE else -1.0
-            ranked = feasible[np.argsort(sign * columns.values[feasible, 0], kind="stable")]
+            ranked = feasible[np.argsort(sign * values[feasible, 0], kind="stable")]
             below_complete, above_complete = ranked[:n_below], ranked[n_below:]
         else:
             by_id = {id(columns.trials[i]): i for i in feasible}
@@ -450,11 +456,11 @@ class _CachingTPESampler(BatchTPESampler):
                 [columns.trials[i] for i in feasible], study, min(n_below, len(feasible)))
             below_complete = np.array([by_id[id(t)] for t in below_trials], dtype=int)
             above_complete = np.array([by_id[id(t)] for t in above_trials], dtype=int)
-        infeasible = np.flatnonzero(columns.infeasible > 0)
-        infeasible = infeasible[np.argsort(columns.infeasible[infeasible], kind="stable")]
+        infeasible = np.flatnonzero(scores > 0)
+        infeasible = infeasible[np.argsort(scores[infeasible], kind="stable")]
         rest = max(0, n_below - len(below_complete))
         n = len(columns.trials)
-        numbers = np.concatenate([columns.numbers, np.array([t.number for t in running], dtype=int)])
+        numbers = np.concatenate([trial_numbers, np.array([t.number for t in running], dtype=int)])
         below = np.concatenate([below_complete, infeasible[:rest]]).astype(int)
         above = np.concatenate([above_complete, infeasible[rest:], np.arange(n, n + len(running))]).astype(int)
         # Sorted by number as `sorted` sorts: stably (the liar's RUNNING trials all have number -1).
