@@ -1,10 +1,10 @@
 """Fenced uses of upstream internals: one module per library, each checked against tested versions.
 
-The rest of the project reaches MLflow's tables, Optuna's TPE internals, Ray Serve's private
-settings, Ray Tune's start-up and Ray core's process table only through these modules
-(`mlflow_sql`, `optuna_tpe`, `ray_serve`, `ray_tune`, `ray_node`). Each one checks, at first use,
-that the installed library is a version it was tested with; when it is not, it falls back to the
-public API and says so once, in one warning.
+The rest of the project reaches MLflow's tables, Optuna's TPE and journal internals, Ray Serve's
+private settings, Ray Tune's start-up and Ray core's process table only through these modules
+(`mlflow_sql`, `optuna_tpe`, `optuna_journal`, `ray_serve`, `ray_tune`, `ray_node`). Each one
+checks, at first use, that the installed library is a version it was tested with; when it is
+not, it falls back to the public API and says so once, in one warning.
 """
 
 from __future__ import annotations

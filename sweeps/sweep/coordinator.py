@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import FrozenTrial, TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState
 from threadpoolctl import threadpool_limits
 
 from sweeps._compat.optuna_tpe import running_trial, teller, trial_id_of
@@ -182,9 +182,7 @@ class Coordinator:
         # What `study.ask` would ask, each trial created with its params in one journal write.
         new = []
         for params, drawn_by_tpe in sampler.ask_batch(self.study, count, self.dists):
-            template = create_trial(state=TrialState.RUNNING, params=params, distributions=self.dists)
-            trial_id = self.storage.create_new_trial(self.study_id, template_trial=template)
-            number = self.storage.get_trial_number_from_id(trial_id)
+            trial_id, number = self.storage.create_running_trial(self.study_id, params, self.dists)
             if drawn_by_tpe:
                 sampler.asked(number, params)
             new.append((number, trial_id, params))

@@ -28,6 +28,7 @@ from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 from pydantic import ValidationError
 
+from sweeps._compat.optuna_journal import ReplayingJournalStorage
 from sweeps._compat.optuna_tpe import WAITING_SCAN_STATES, is_waiting_scan, skips_waiting_scan
 from sweeps.config import Config, format_validation_error, remember_origin
 from sweeps.errors import ConfigError, CorruptState, SweepLocked, UsageError
@@ -81,13 +82,14 @@ class BufferedJournalBackend(BaseJournalBackend):
         return written
 
 
-class _SweepJournalStorage(JournalStorage):
-    """The journal storage, minus a linear scan on every ask.
+class _SweepJournalStorage(ReplayingJournalStorage):
+    """The journal storage of the sweep's one writer, minus a linear scan on every ask.
 
     `Study.ask` first looks for enqueued (WAITING) trials by scanning every trial of the study:
     at 10,000 trials that scan costs more than the fit. Sweeps never enqueue trials, so while no
     WAITING trial exists the answer is known to be empty. How Optuna asks is not public API: the
     assumption is fenced in `sweeps._compat.optuna_tpe`, and on an untested Optuna every scan runs.
+    Its writes are replayed without reading them back (`sweeps._compat.optuna_journal`).
     """
 
     def __init__(self, backend: BaseJournalBackend) -> None:
@@ -139,7 +141,7 @@ class SweepState:
         """
         return JournalStorage(JournalFile(self.journal))
 
-    def writer(self) -> tuple[JournalStorage, BufferedJournalBackend]:
+    def writer(self) -> tuple[ReplayingJournalStorage, BufferedJournalBackend]:
         """The journal for the sweep's one writer: buffered, flushed per batch.
 
         The writer holds the journal's writer lock until its process ends (a driver whose writer
