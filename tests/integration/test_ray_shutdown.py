@@ -1,4 +1,4 @@
-"""A Ray a command starts: no API server and no monitors, a task runs, and stopping it ends every process.
+"""A Ray a command starts: no API server, no monitors, a minimal agent; a task runs, and stopping it ends every process.
 
 Ray started as shipped (the Serve endpoint's start) runs an autoscaler monitor: `ray_node.shutdown`
 kills it first, so Ray never waits the second its SIGTERM takes.
@@ -24,12 +24,16 @@ def test_a_started_ray_runs_without_api_server_and_monitors_and_stops_every_proc
         assert node is not None
         kinds = set(node.all_processes)
         processes = [info.process for infos in node.all_processes.values() for info in infos]
+        (raylet,) = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET]
+        # The raylet starts its dashboard agent with this command (the agent then renames its process).
+        (agent,) = [arg for arg in raylet.process.args if arg.startswith("--dashboard_agent_command=")]
         assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
         assert ray.cluster_resources().get("CPU") == 2
     finally:
         start.stop()
 
     assert ray_constants.PROCESS_TYPE_DASHBOARD not in kinds
+    assert "--minimal" in agent.split(), "the raylet's dashboard agent runs minimal"
     assert ray_constants.PROCESS_TYPE_MONITOR not in kinds
     assert ray_constants.PROCESS_TYPE_LOG_MONITOR not in kinds
     assert {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET} <= kinds

@@ -1,4 +1,4 @@
-"""Ray's lean local start (no API server, no monitor) and `ray.shutdown` with the monitor killed first."""
+"""Ray's lean local start (no API server, no monitor, a minimal agent) and `ray.shutdown`, the monitor killed first."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import ray
 from ray._private import ray_constants, worker
+from ray._private import utils as ray_utils
 
 import sweeps._compat
 from sweeps._compat import ray_node
@@ -62,6 +63,15 @@ def test_rays_node_start_still_calls_the_methods_the_lean_start_replaces() -> No
         assert f"self.{name}(" in node_start, f"Ray's node start no longer calls Node.{name}"
 
 
+def test_rays_raylet_start_asks_the_function_the_lean_start_replaces_whether_its_agent_is_minimal() -> None:
+    from ray._private import services
+
+    start_raylet = inspect.getsource(services.start_raylet)
+    assert "ray._private.utils.get_dashboard_dependency_error() is not None" in start_raylet
+    assert 'dashboard_agent_command.append("--minimal")' in start_raylet
+    assert ray_utils.get_dashboard_dependency_error() is None, "Ray's dashboard dependencies are installed here"
+
+
 @pytest.fixture
 def recorded_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """`ray.init` recording its arguments and which of the skipped `Node` methods were Ray's own during it."""
@@ -72,7 +82,8 @@ def recorded_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
     def init(**kwargs: Any) -> None:
         own = [name for name, method in shipped.items() if Node.__dict__[name] is method]
-        calls.append({"kwargs": kwargs, "ray_s_own": own})
+        minimal = ray_utils.get_dashboard_dependency_error() is not None
+        calls.append({"kwargs": kwargs, "ray_s_own": own, "minimal_agent": minimal})
 
     monkeypatch.setattr(ray, "init", init)
     return calls
@@ -84,14 +95,17 @@ def test_the_lean_start_skips_the_api_server_and_monitor_only_during_ray_init(
     from ray._private.node import Node
 
     shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES}
+    dependency_error = ray_utils.get_dashboard_dependency_error
     ray_node.init_local(num_cpus=2)
     assert recorded_init == [
         {
             "kwargs": {"address": "local", "include_dashboard": False, "log_to_driver": False, "num_cpus": 2},
             "ray_s_own": [],
+            "minimal_agent": True,
         }
     ]
     assert {name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES} == shipped
+    assert ray_utils.get_dashboard_dependency_error is dependency_error
 
 
 def test_the_lean_start_puts_rays_methods_back_when_ray_init_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,9 +117,11 @@ def test_the_lean_start_puts_rays_methods_back_when_ray_init_fails(monkeypatch: 
         raise ConnectionError("the raylet did not start")
 
     monkeypatch.setattr(ray, "init", failing_init)
+    dependency_error = ray_utils.get_dashboard_dependency_error
     with pytest.raises(ConnectionError, match="the raylet did not start"):
         ray_node.init_local(num_cpus=1)
     assert {name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES} == shipped
+    assert ray_utils.get_dashboard_dependency_error is dependency_error
 
 
 def test_an_untested_ray_starts_as_shipped(
@@ -117,5 +133,6 @@ def test_an_untested_ray_starts_as_shipped(
         {
             "kwargs": {"address": "local", "include_dashboard": False, "log_to_driver": False, "num_cpus": 1},
             "ray_s_own": list(ray_node.SKIPPED_PROCESSES),
+            "minimal_agent": False,
         }
     ]
