@@ -1,4 +1,4 @@
-"""Fenced uses of upstream internals: one module per library, each checked against tested versions.
+"""Fenced uses of upstream internals: one module per library and area, each checked against tested versions.
 
 The rest of the project reaches MLflow's tables, Optuna's TPE and journal internals, Ray Serve's
 private settings, Ray Tune's start-up and Ray core's process table only through these modules
