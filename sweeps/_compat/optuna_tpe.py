@@ -467,7 +467,7 @@ class _CachingTPESampler(BatchTPESampler):
         below = below[np.argsort(numbers[below], kind="stable")]
         above = above[np.argsort(numbers[above], kind="stable")]
         liar = {name: [dist.to_internal_repr(t.params[name]) for t in running] for name, dist in search_space.items()}
-        observed = {name: np.asarray([*values, *liar[name]]) for name, values in internal.items()}
+        observed = {name: np.asarray([*column, *liar[name]]) for name, column in internal.items()}
 
         def estimator(rows: np.ndarray, weights: np.ndarray | None = None) -> Any:
             # As `_get_internal_repr` builds them: an empty column is np.asarray([]), float.
