@@ -269,11 +269,6 @@ def _densities(estimator: Any) -> tuple[Any, Any]:
     return estimator.sample, log_pdf
 
 
-def _infeasible_score(trial: FrozenTrial) -> float:
-    """`optuna.samplers._tpe.sampler._get_infeasible_trial_score`: the sum of the positive constraint values."""
-    return sum(v for v in trial.constraints.values() if v > 0)
-
-
 def _plain_running(running: Sequence[FrozenTrial], search_space: dict[str, BaseDistribution]) -> bool:
     """Whether TPE reads each of `running` as a RUNNING trial with its `params` (no relative params in system
     attrs), each with every param of `search_space`."""
@@ -303,6 +298,8 @@ class _Columns:
                 and len(self._cache) == len(self.trials))
 
     def extend(self, trials: Sequence[FrozenTrial]) -> None:
+        from optuna.samplers._tpe.sampler import _get_infeasible_trial_score
+
         for trial in trials:
             if trial.state != TrialState.COMPLETE or trial.values is None:
                 self._cache = []  # a fit that also needs pruned or failed trials reads them as Optuna does
@@ -310,10 +307,10 @@ class _Columns:
             self.trials.append(trial)
             self._numbers.append(trial.number)
             self._values.append(trial.values)
-            self._infeasible.append(_infeasible_score(trial))
+            self._infeasible.append(_get_infeasible_trial_score(trial))
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every trial's number, objective values (a row each) and constraint score (`_infeasible_score`)."""
+        """Every trial's number, objective values (a row each) and constraint score (`_get_infeasible_trial_score`)."""
         values = np.array(self._values, dtype=float).reshape(len(self._values), len(self._study.directions))
         return np.array(self._numbers, dtype=int), values, np.array(self._infeasible, dtype=float)
 

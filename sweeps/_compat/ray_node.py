@@ -56,29 +56,30 @@ def _minimal_agent() -> ImportError:
     return ImportError("sweeps starts its private local Ray with the minimal dashboard agent")
 
 
+def _lean_start() -> list[tuple[Any, str, Any]]:
+    """What `init_local` replaces for the duration of `ray.init`: (owner, attribute, replacement)."""
+    from ray._private import utils
+    from ray._private.node import Node
+
+    return [*((Node, name, _skip) for name in SKIPPED_PROCESSES),
+            (utils, "get_dashboard_dependency_error", _minimal_agent)]
+
+
 def init_local(**init_kwargs: Any) -> None:
     """`ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)`, lean when tested."""
     import ray
 
     with _starting:
-        shipped: dict[str, Any] = {}
         lean = check_version("ray", TESTED_RAY, "a local Ray started as shipped (with its API server and monitors)")
-        if lean:
-            from ray._private import utils
-            from ray._private.node import Node
-
-            shipped = {name: Node.__dict__[name] for name in SKIPPED_PROCESSES}
-            for name in SKIPPED_PROCESSES:
-                setattr(Node, name, _skip)
-            dependency_error = utils.get_dashboard_dependency_error
-            utils.get_dashboard_dependency_error = _minimal_agent
+        swaps = _lean_start() if lean else []
+        shipped = [(owner, name, vars(owner)[name]) for owner, name, _ in swaps]
+        for owner, name, replacement in swaps:
+            setattr(owner, name, replacement)
         try:
             ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_kwargs)
         finally:
-            for name, method in shipped.items():
-                setattr(Node, name, method)
-            if lean:
-                utils.get_dashboard_dependency_error = dependency_error
+            for owner, name, original in shipped:
+                setattr(owner, name, original)
 
 
 def monitor_processes() -> list[subprocess.Popen[Any]]:
