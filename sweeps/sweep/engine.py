@@ -36,6 +36,7 @@ from sweeps.sweep.state import SweepState
 
 if TYPE_CHECKING:  # scikit-learn and pandas load only where a sweep runs: `sweeps show` needs neither
     from sweeps.dataset import DataBundle
+    from training.data import Split
     from training.objective import Metrics, PreparedSplit
 
 __all__ = [
@@ -387,9 +388,9 @@ def _stored_records(state: SweepState, name: str) -> list[TrialRecord]:
 
 
 def _default_objective() -> Objective:
-    from training.objective import evaluate
+    from sweeps.sweep.workers import evaluate_config
 
-    return evaluate
+    return evaluate_config
 
 
 def run_sweep(
@@ -481,8 +482,6 @@ def _sweep(
     ray_start: RayStart | None,
 ) -> SweepOutcome:
     """`_drive` with its records read and Ray starting (`ray_start`) when there are trials to run."""
-    from training.objective import prepare
-
     objectives = [(str(o.metric), str(o.direction)) for o in config.sweep.objectives]
     ledger = _Ledger(state, config, bundle.digest, len(before), began)
     counts = _LiveCounts(objectives, config.sweep.num_trials, before, on_progress)
@@ -494,7 +493,6 @@ def _sweep(
     records: tuple[TrialRecord, ...] = tuple(before)
     try:
         if ray_start is not None:
-            prepared = prepare(bundle.split)
             import sweeps.sweep.workers  # noqa: F401  (Tune's import, a second or more, while Ray starts)
 
             checkpoint()
@@ -503,7 +501,7 @@ def _sweep(
             log.info("ray ready %.2f s after the command started", phases["ray_ready_s"])
             if address or os.environ.get("RAY_ADDRESS"):
                 _check_cluster(config, callbacks)
-            evaluated = _run_tune(config, name, state, prepared, objective, callbacks, counts, deadline)
+            evaluated = _run_tune(config, name, state, bundle.split, objective, callbacks, counts, deadline)
             records = tuple(_stored_records(state, name))
         counts.report(force=True)
         if len(records) >= config.sweep.num_trials:
@@ -587,7 +585,7 @@ def _run_tune(
     config: Config,
     name: str,
     state: SweepState,
-    prepared: PreparedSplit,
+    split: Split,
     objective: Objective,
     callbacks: Sequence[Any],
     counts: _LiveCounts,
@@ -617,7 +615,7 @@ def _run_tune(
             callback.sweep_name = name
         trainable = tune.with_parameters(
             run_worker,
-            data=prepared,
+            data=split,
             objective=objective,
             model=config.model.model_dump(mode="json"),
             seed=config.model.seed,

@@ -9,7 +9,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray import tune
@@ -17,9 +17,12 @@ from ray import tune
 from sweeps.config import ModelConfig
 from sweeps.records import TrialRecord
 from sweeps.sweep.space import params_for
-from training.objective import Metrics, PreparedSplit
+from training.data import Split
 
-__all__ = ["TrialRecordCallback", "records_from_result", "run_worker"]
+if TYPE_CHECKING:  # scikit-learn loads in the workers, which fit; the driver only schedules
+    from training.objective import Metrics, PreparedSplit
+
+__all__ = ["TrialRecordCallback", "evaluate_config", "records_from_result", "run_worker"]
 
 
 def records_from_result(sweep: str, tune_trial_id: str, result: dict[str, Any]) -> list[TrialRecord]:
@@ -68,7 +71,7 @@ def _evaluate(
 
 def run_worker(
     config: dict[str, Any],
-    data: PreparedSplit | None = None,
+    data: Split | None = None,
     objective: Callable[[Any, PreparedSplit, int], Metrics] | None = None,
     model: dict[str, Any] | None = None,
     seed: int = 0,
@@ -82,10 +85,15 @@ def run_worker(
     back with the request for the batch after next, so the coordinator tells and asks while this
     worker fits, and a finished batch is followed at once by the next one (the coordinator is off
     the critical path). Results reach Tune, for callbacks, in reports at most every `report_every_s`.
+    The worker standardises the split (`training.objective.prepare`) itself, once: scikit-learn is
+    imported where the fits run, and the driver's start does not wait for it.
     """
     if data is None or objective is None or model is None or coordinator is None:
         raise TypeError("run_worker needs data, objective, model and coordinator bound by tune.with_parameters")
+    from training.objective import prepare
+
     fixed = ModelConfig.model_validate(model)
+    prepared = prepare(data)
     worker = f"w{config['worker']}"
     identity = {
         "node": ray.get_runtime_context().get_node_id(),
@@ -98,7 +106,7 @@ def run_worker(
     unreported: list[dict[str, Any]] = []
     last_report = time.monotonic()
     while batch:
-        results = [_evaluate(item, objective, data, fixed, seed, objective_metrics) | identity for item in batch]
+        results = [_evaluate(item, objective, prepared, fixed, seed, objective_metrics) | identity for item in batch]
         behind = coordinator.next_batch.remote(worker, results)
         unreported.extend(results)
         if time.monotonic() - last_report >= report_every_s:
@@ -110,6 +118,13 @@ def run_worker(
             ahead = coordinator.next_batch.remote(worker, [])
     ray.get(ahead)  # an empty lease, asked ahead: nothing is left unanswered
     tune.report({"records": unreported, "configs": len(unreported), "done": True} | identity)
+
+
+def evaluate_config(params: Any, data: PreparedSplit, seed: int) -> Metrics:
+    """`training.objective.evaluate`, imported where it runs: in a worker, not in the driver that schedules it."""
+    from training.objective import evaluate
+
+    return evaluate(params, data, seed)
 
 
 class TrialRecordCallback(tune.Callback):

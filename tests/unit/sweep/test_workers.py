@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from sweeps.config import ModelConfig
 from sweeps.sweep import workers
-from training.objective import Metrics, PreparedSplit
+from training.data import Split
+from training.objective import Metrics, PreparedSplit, prepare
 
 
 class _Ref:
@@ -53,12 +58,21 @@ def test_the_worker_fits_a_batch_while_the_next_one_is_already_leased(fake_ray: 
     events: list[str] = []
     coordinator = _Coordinator(events, total=7)
 
-    def objective(params: Any, data: Any, seed: int) -> Metrics:
+    split = _split()
+    fitted_on: list[PreparedSplit] = []
+
+    def objective(params: Any, data: PreparedSplit, seed: int) -> Metrics:
         events.append("fit")
+        fitted_on.append(data)
         return Metrics(0.7, 0.5, 0.3, 3, 0.001)
 
-    workers.run_worker({"worker": 0}, data=PreparedSplit.__new__(PreparedSplit), objective=objective,
+    workers.run_worker({"worker": 0}, data=split, objective=objective,
                        model=ModelConfig().model_dump(mode="json"), coordinator=coordinator)
+
+    # The worker standardises the split once, as `prepare` does, and every fit reads that.
+    assert len({id(data) for data in fitted_on}) == 1
+    np.testing.assert_array_equal(fitted_on[0].x_train, prepare(split).x_train)
+    np.testing.assert_array_equal(fitted_on[0].x_val, prepare(split).x_val)
 
     # The second lease is asked before the first batch is fitted: the coordinator's tells and
     # asks run while the worker fits, never between its batches.
@@ -67,3 +81,26 @@ def test_the_worker_fits_a_batch_while_the_next_one_is_already_leased(fake_ray: 
     assert sorted(coordinator.told) == list(range(7)), "every result is told, the last ones included"
     assert [r["number"] for report in fake_ray for r in report["records"]] == list(range(7))
     assert fake_ray[-1]["done"] is True
+
+
+def _split() -> Split:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(3, 2, (30, 4)), rng.normal(size=30)
+    return Split(("a", "b", "c", "d"), x[:20], y[:20], x[20:25], y[20:25], x[25:], y[25:], 0)
+
+
+def test_a_sweeps_driver_never_imports_scikit_learn(data_dir: Path) -> None:
+    # The driver reads, checks and splits the data and schedules the fits; the workers import
+    # scikit-learn (0.6 s), the driver's start does not wait for it.
+    probe = f"""
+import sys
+from sweeps.config import CONFIG_DIR, load_config
+from sweeps.dataset import load_data
+from sweeps.sweep import engine, workers
+config = load_config(CONFIG_DIR / "smoke.yaml", ["data.path={data_dir}"])
+bundle = load_data(config.data, config.split)
+objective = engine._default_objective()
+print("sklearn" in sys.modules, objective.__module__, len(bundle.split.y_train) > 0)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "sweeps.sweep.workers", "True"], done.stderr[-2000:]

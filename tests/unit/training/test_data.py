@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -412,6 +413,28 @@ def test_split_is_deterministic_disjoint_and_covering(data_dir: Path) -> None:
     assert first.sizes["test"] == pytest.approx(0.25 * n, abs=1)
     assert first.sizes["validation"] == pytest.approx(0.2 * n, abs=1)
     assert first.seed == 3
+
+
+@pytest.mark.parametrize("wine", ["red", "white", "both"])
+@pytest.mark.parametrize(
+    ("validation", "test", "seed"), [(0.2, 0.2, 0), (0.2, 0.25, 3), (0.1, 0.3, 42), (0.33, 0.17, 7)]
+)
+def test_split_is_the_one_scikit_learns_train_test_split_makes(
+    data_dir: Path, wine: Literal["red", "white", "both"], validation: float, test: float, seed: int
+) -> None:
+    # The split is made in numpy (the sweep's driver does not import scikit-learn); the rows, and
+    # their order, are scikit-learn's: every model and metric stays what it was.
+    from sklearn.model_selection import train_test_split
+
+    dataset = load_dataset(data_dir, wine)
+    x = dataset.frame[list(dataset.features)].to_numpy(dtype=np.float64)
+    y = dataset.frame[TARGET].to_numpy(dtype=np.float64)
+    rest, test_idx = train_test_split(np.arange(len(y)), test_size=test, random_state=seed)
+    train_idx, val_idx = train_test_split(rest, test_size=validation / (1 - test), random_state=seed + 1)
+    split = split_dataset(dataset, validation, test, seed=seed)
+    for name, index in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
+        np.testing.assert_array_equal(getattr(split, f"x_{name}"), x[index])
+        np.testing.assert_array_equal(getattr(split, f"y_{name}"), y[index])
 
 
 def test_split_changes_with_the_seed(data_dir: Path) -> None:
