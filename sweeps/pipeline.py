@@ -94,15 +94,29 @@ def sweep(
     try:
         callbacks = []
         if config.tracking.enabled:
-            from sweeps.report.document import write_report
             from sweeps.tracking.sweep_runs import SweepTracker
 
-            callbacks.append(SweepTracker(config, bundle, resolve_sweep_name(config), artifacts=write_report))
+            callbacks.append(SweepTracker(config, bundle, resolve_sweep_name(config), artifacts=_write_report,
+                                          warm=_import_report_libraries))
         return run_sweep(config, address=address, callbacks=callbacks, on_progress=on_progress, bundle=bundle,
                          ray_start=starting)
     finally:
         if starting is not None:
             starting.stop()  # a start the sweep did not use (an error before it); once stopped, stays so
+
+
+def _write_report(outcome: SweepOutcome, folder: Path) -> object:
+    from sweeps.report.document import write_report
+
+    return write_report(outcome, folder)
+
+
+def _import_report_libraries() -> None:
+    # matplotlib, Optuna's importance and the scikit-learn it imports: a second, on the tracking
+    # thread while the trials run, not on the sweep's start or end.
+    from sweeps.report.document import import_report_libraries
+
+    import_report_libraries()
 
 
 def champion_of(tracking_uri: str, name: str) -> VersionInfo | None:

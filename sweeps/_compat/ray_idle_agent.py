@@ -8,6 +8,7 @@ nothing beyond the standard library. `sweeps._compat.ray_node` explains why.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 
@@ -28,8 +29,16 @@ def persist_unused_ports(session_dir: str, node_id: str) -> None:
 def main(argv: list[str]) -> None:
     options = dict(arg[2:].split("=", 1) for arg in argv if arg.startswith("--") and "=" in arg)
     persist_unused_ports(options["session-dir"], options["node-id"])
-    # The raylet names itself to its agents (what Ray's agent watches); once it is gone, this
-    # process has another parent.
+    wait_for_raylet()
+
+
+def wait_for_raylet() -> None:
+    """Return once the raylet is gone, as Ray's agent notices it: its pipe on stdin closes."""
+    if stat.S_ISFIFO(os.fstat(0).st_mode):
+        while sys.stdin.buffer.read(4096):
+            pass
+        return
+    # No pipe: the raylet names itself to its agents, and once it is gone this process has another parent.
     raylet = int(os.environ.get("RAY_RAYLET_PID", os.getppid()))
     while os.getppid() == raylet:
         time.sleep(0.5)

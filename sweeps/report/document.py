@@ -40,7 +40,7 @@ from sweeps.sweep.engine import SweepOutcome
 from sweeps.sweep.space import distributions
 from sweeps.sweep.state import SweepState
 
-__all__ = ["FailureReason", "ReportFiles", "failure_reasons", "trial_table", "write_report"]
+__all__ = ["FailureReason", "ReportFiles", "failure_reasons", "import_report_libraries", "trial_table", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,11 @@ def _figures(
     figures["importance"] = importance
     figures["params"] = lambda: plot_params(outcome, log_scales)
     return figures
+
+
+def import_report_libraries() -> None:
+    """Import what `write_report` imports only when it runs (Optuna's importance, and scikit-learn with it)."""
+    import optuna.importance  # noqa: F401
 
 
 def write_report(

@@ -148,10 +148,18 @@ class SweepTracker(TrialRecordCallback):
     """Logs a sweep to MLflow: the parent run with config, data and summary, a child run per trial."""
 
     def __init__(
-        self, config: Config, bundle: DataBundle, sweep: str, artifacts: ArtifactWriter | None = None
+        self,
+        config: Config,
+        bundle: DataBundle,
+        sweep: str,
+        artifacts: ArtifactWriter | None = None,
+        warm: Callable[[], object] | None = None,
     ) -> None:
+        """`artifacts` writes the sweep's report at its end; `warm`, called on the writer thread once
+        the parent run is open, imports what `artifacts` needs while the trials run."""
         self.config = config
         self.artifacts = artifacts
+        self.warm = warm
         self.bundle = bundle
         self.sweep_name = sweep
         self.uri = config.tracking.resolved_uri
@@ -215,9 +223,19 @@ class SweepTracker(TrialRecordCallback):
                     return
                 attempt += 1
         try:
+            if self.warm is not None:
+                self._warm_up()
             self._drain(writer)
         finally:
             writer.close()
+
+    def _warm_up(self) -> None:
+        assert self.warm is not None
+        try:
+            self.warm()
+        # Only a head start: writing the report at the end imports the same and says what is wrong.
+        except Exception as exc:
+            log.warning("the report's libraries did not import ahead of the sweep's end: %s", exc)
 
     def _open(self) -> RunWriter:
         """Create (or, on resume, reopen) the parent run; returns the child-run writer."""

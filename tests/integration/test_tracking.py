@@ -7,6 +7,7 @@ import math
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,25 @@ def _check_logged(client: MlflowClient, config: Config, outcome: SweepOutcome) -
     assert parent.inputs.dataset_inputs[0].dataset.digest == digest
     assert {r.data.tags[TAG_DIGEST] for r in children} == {digest}
     return children
+
+
+def test_the_reports_warm_up_runs_on_the_writer_thread_and_a_failing_one_loses_nothing(
+    data_dir: Path, tmp_path: Path, tracking_uri: str
+) -> None:
+    config = _config(data_dir, tmp_path, tracking_uri, "sweep.num_trials=20", "sweep.sampler=random")
+    bundle = load_data(config.data, config.split)
+    threads: list[str] = []
+
+    def warm() -> None:
+        threads.append(threading.current_thread().name)
+        raise ImportError("no plotting library here")
+
+    tracker = SweepTracker(config, bundle, resolve_sweep_name(config), artifacts=write_report, warm=warm)
+    outcome = run_sweep(config, callbacks=[tracker], bundle=bundle)
+    assert threads == ["sweeps-tracking"], "imported while the trials run, off the sweep's own thread"
+    client = MlflowClient(tracking_uri)
+    _check_logged(client, config, outcome)
+    assert "report/report.html" in {f.path for f in client.list_artifacts(tracker.parent_run_id, "report")}
 
 
 def test_counts_agree_and_failures_are_failed_runs(data_dir: Path, tmp_path: Path, tracking_uri: str) -> None:

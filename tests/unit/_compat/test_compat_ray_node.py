@@ -109,10 +109,10 @@ def test_the_idle_agent_writes_the_port_files_ray_writes(tmp_path: Path) -> None
 
 
 def test_the_idle_agent_exits_when_its_parent_does(tmp_path: Path) -> None:
-    # A shell stands for the raylet: it starts the agent as Ray's command would, naming itself, and exits.
+    # A shell stands for a raylet without the pipe: it starts the agent naming itself, and exits.
     agent = [sys.executable, "-u", str(ray_node.IDLE_AGENT), "agent.py", f"--session-dir={tmp_path}", "--node-id=cd"]
     parent = subprocess.run(
-        ["sh", "-c", f"RAY_RAYLET_PID=$$ {subprocess.list2cmdline(agent)} > /dev/null 2>&1 & echo $!"],
+        ["sh", "-c", f"RAY_RAYLET_PID=$$ {subprocess.list2cmdline(agent)} < /dev/null > /dev/null 2>&1 & echo $!"],
         capture_output=True, text=True, check=True,
     )
     pid = int(parent.stdout)
@@ -122,6 +122,24 @@ def test_the_idle_agent_exits_when_its_parent_does(tmp_path: Path) -> None:
     assert not _alive(pid), "the idle agent outlived the process that started it"
     written = sorted(path.name for path in tmp_path.iterdir())
     assert written == sorted(f"{name}_cd" for name in ray_idle_agent.PORT_NAMES)
+
+
+def test_the_idle_agent_exits_when_the_pipe_its_raylet_holds_closes(tmp_path: Path) -> None:
+    agent = subprocess.Popen(
+        [sys.executable, "-u", str(ray_node.IDLE_AGENT), "agent.py", f"--session-dir={tmp_path}", "--node-id=ef"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        assert agent.stdin is not None
+        deadline = time.monotonic() + 10
+        while len(list(tmp_path.iterdir())) < len(ray_idle_agent.PORT_NAMES) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert agent.poll() is None, "the idle agent waits while the pipe is open"
+        agent.stdin.close()
+        assert agent.wait(timeout=10) == 0
+    finally:
+        agent.kill()
+        agent.wait()
 
 
 def _alive(pid: int) -> bool:
