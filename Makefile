@@ -10,8 +10,11 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraint
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# An editable install leaves the project's own modules uncompiled: where PYTHONDONTWRITEBYTECODE
+# is set, every command, and every Ray worker it starts, would compile them again (50 ms each).
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) -e .
+	$(BIN)/python -m compileall -q sweeps training
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

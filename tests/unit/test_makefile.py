@@ -40,3 +40,13 @@ def test_serve_and_ui_targets_call_the_venv_by_path(target: str, command: str) -
     done = subprocess.run(command_line, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].startswith(command)
+
+
+def test_the_install_compiles_the_projects_own_modules() -> None:
+    # -n -B prints the whole recipe of the install, as from a fresh clone, without running it.
+    command_line = ["make", "-n", "-B", "--no-print-directory", "-C", str(ROOT), ".venv/.installed"]
+    done = subprocess.run(command_line, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    install = next(i for i, line in enumerate(lines) if "pip install" in line and "-e ." in line)
+    assert ".venv/bin/python -m compileall -q sweeps training" in lines[install + 1:]
