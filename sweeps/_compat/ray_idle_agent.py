@@ -12,6 +12,8 @@ import stat
 import sys
 import time
 
+__all__ = ["PORT_NAMES", "main", "persist_unused_ports", "wait_for_raylet"]
+
 # The ports Ray's minimal agent reports as -1 ("not in use"), as the raylet reads them: one file
 # each, `<name>_<node id>` in the session folder, holding the number (`ray._raylet.persist_port`).
 PORT_NAMES = ("metrics_agent_port", "metrics_export_port", "dashboard_agent_listen_port")

@@ -74,6 +74,10 @@ def test_rays_raylet_start_builds_its_agent_command_with_the_function_the_lean_s
     assert "_build_python_executable_command_memory_profileable(" in start_raylet[agent:agent + 200]
     assert "ray_constants.PROCESS_TYPE_DASHBOARD_AGENT" in start_raylet[agent:agent + 300]
     assert 'os.path.join(RAY_PATH, "dashboard", "agent.py")' in start_raylet[agent:agent + 400]
+    options = start_raylet[agent:start_raylet.index("]", agent + 300)]
+    # The two options the idle agent reads from Ray's agent command.
+    assert 'f"--node-id={node_id}"' in options
+    assert 'f"--session-dir={session_dir}"' in options
     assert '"--minimal"' in start_raylet, "Ray's minimal agent (whose ports the idle agent reports) is gone"
 
 
