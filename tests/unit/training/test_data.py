@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import socket
@@ -442,6 +443,15 @@ def test_split_changes_with_the_seed(data_dir: Path) -> None:
     a = split_dataset(dataset, 0.2, 0.2, seed=1)
     b = split_dataset(dataset, 0.2, 0.2, seed=2)
     assert _rows(a.x_test, a.y_test) != _rows(b.x_test, b.y_test)
+
+
+def test_a_split_that_leaves_a_part_empty_is_refused_saying_the_sizes(data_dir: Path) -> None:
+    dataset = load_dataset(data_dir, "red")
+    small = dataclasses.replace(dataset, frame=dataset.frame.head(10))
+    empty = r"split of 10 rows leaves a part empty: \{'train': 0, 'validation': 5, 'test': 5\}"
+    with pytest.raises(DataError, match=empty):
+        split_dataset(small, 0.45, 0.45, seed=0)
+    assert split_dataset(small, 0.2, 0.2, seed=0).sizes == {"train": 6, "validation": 2, "test": 2}
 
 
 def test_split_fractions_are_checked(data_dir: Path) -> None:
