@@ -492,13 +492,7 @@ def split_dataset(dataset: Dataset, validation: float, test: float, seed: int) -
     index = np.arange(len(y))
     rest, test_idx = _shuffle_split(index, test, seed)
     train_idx, val_idx = _shuffle_split(rest, validation / (1 - test), seed + 1)
-    sizes = {"train": len(train_idx), "validation": len(val_idx), "test": len(test_idx)}
-    if min(sizes.values()) == 0:  # what scikit-learn's split refuses too
-        raise DataError(
-            f"the split of {len(index)} rows leaves a part empty: {sizes} for (validation={validation}, "
-            f"test={test}); every part needs at least one row, so use smaller fractions or more data."
-        )
-    return Split(
+    split = Split(
         dataset.features,
         x[train_idx],
         y[train_idx],
@@ -508,3 +502,9 @@ def split_dataset(dataset: Dataset, validation: float, test: float, seed: int) -
         y[test_idx],
         seed,
     )
+    if min(split.sizes.values()) == 0:  # what scikit-learn's split refuses too
+        raise DataError(
+            f"the split of {len(index)} rows leaves a part empty: {split.sizes} for (validation={validation}, "
+            f"test={test}); every part needs at least one row, so use smaller fractions or more data."
+        )
+    return split

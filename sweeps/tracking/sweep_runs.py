@@ -144,6 +144,14 @@ def _finished_run(record: TrialRecord, tags: dict[str, str]) -> FinishedRun:
 ArtifactWriter = Callable[[SweepOutcome, Path], object]
 
 
+def _warm_up(warm: Callable[[], object]) -> None:
+    try:
+        warm()
+    # Only a head start: writing the report at the end imports the same and says what is wrong.
+    except Exception as exc:
+        log.warning("the report's libraries did not import ahead of the sweep's end: %s", exc)
+
+
 class SweepTracker(TrialRecordCallback):
     """Logs a sweep to MLflow: the parent run with config, data and summary, a child run per trial."""
 
@@ -224,18 +232,10 @@ class SweepTracker(TrialRecordCallback):
                 attempt += 1
         try:
             if self.warm is not None:
-                self._warm_up()
+                _warm_up(self.warm)
             self._drain(writer)
         finally:
             writer.close()
-
-    def _warm_up(self) -> None:
-        assert self.warm is not None
-        try:
-            self.warm()
-        # Only a head start: writing the report at the end imports the same and says what is wrong.
-        except Exception as exc:
-            log.warning("the report's libraries did not import ahead of the sweep's end: %s", exc)
 
     def _open(self) -> RunWriter:
         """Create (or, on resume, reopen) the parent run; returns the child-run writer."""
