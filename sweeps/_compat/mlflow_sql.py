@@ -10,6 +10,11 @@ With `unique_tag` a write is idempotent: a run whose tag value is already on a w
 experiment is skipped, and a torn one (left RUNNING, or FINISHED without a metric, by a writer
 that died half way through MLflow's three calls) is deleted as `MlflowClient.delete_run` would
 and written again, all in the same transaction, so a retried or resumed batch never duplicates.
+MLflow indexes tags by key, not value, so finding the batch's values would read every run's tag
+of that key, of every sweep the store ever held (with 50,000 runs in the store, 70-90 ms of each
+500-run write; growing with the store).
+The writer adds a partial index of that tag's values (SQLite and PostgreSQL; `CREATE INDEX IF NOT
+EXISTS ... WHERE key = ...`, once per database): MLflow's schema, migrations and readers ignore it.
 
 `run_states` reads, in one query, what `MlflowClient.search_runs` would build whole runs for (every
 tag, param and metric): for each run carrying some tags, its status, whether it has a metric and a
@@ -27,6 +32,8 @@ schema revision; otherwise they return None after one warning, and callers use M
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
     from flask import Flask
     from mlflow.entities import Experiment
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from sqlalchemy import ColumnElement
 
 __all__ = [
     "TESTED_MLFLOW",
@@ -59,6 +67,7 @@ __all__ = [
     "server_store",
     "server_store_reason",
     "sql_store",
+    "tag_index_name",
     "unavailable_reason",
 ]
 
@@ -69,6 +78,10 @@ _FALLBACK = "MlflowClient calls, one run at a time"
 _IN_CHUNK = 500
 _TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
 _USER = "sweeps"
+# Dialects whose partial indexes (`CREATE INDEX IF NOT EXISTS ... WHERE`) the writer creates.
+_PARTIAL_INDEX_DIALECTS = frozenset({"sqlite", "postgresql"})
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,7 @@ class BulkRunWriter:
         self._store = store
         self._experiment_id = int(experiment.experiment_id)
         self._artifact_location = str(experiment.artifact_location)
+        self._indexed: set[str] = set()
 
     def write(self, runs: Sequence[FinishedRun], unique_tag: str | None = None) -> list[str]:
         """Insert `runs` whole or not at all; returns their run ids, in order.
@@ -111,6 +125,9 @@ class BulkRunWriter:
 
         if not runs:
             return []
+        if unique_tag is not None and unique_tag not in self._indexed:
+            _ensure_tag_index(self._store, unique_tag)
+            self._indexed.add(unique_tag)
         with self._store.ManagedSessionMaker(read_only=False) as session:
             existing = self._claim(session, runs, unique_tag) if unique_tag is not None else {}
             run_rows: list[dict[str, Any]] = []
@@ -166,7 +183,7 @@ class BulkRunWriter:
     def _claim(self, session: Any, runs: Sequence[FinishedRun], unique_tag: str) -> dict[str, str]:
         """Lock the experiment's bulk writes and delete torn runs with `runs`' tag values; returns whole runs' ids."""
         from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlRun, SqlTag
-        from sqlalchemy import select, update
+        from sqlalchemy import func, literal, literal_column, select, update
 
         # A no-op update takes the experiment's row lock (SQLite: the database's write lock) before
         # reading, so two writers of the same values (a retry racing its first try) run one after the other.
@@ -177,6 +194,12 @@ class BulkRunWriter:
         )
         values = sorted({run.tags[unique_tag] for run in runs if unique_tag in run.tags})
         found: list[tuple[str, str, str]] = []
+        # Inlined, not bound: only then can the database tell that the partial index applies.
+        key_is: ColumnElement[Any] = SqlTag.key == literal(unique_tag, literal_execute=True)
+        if self._store.engine.dialect.name == "sqlite":
+            # Without statistics SQLite guesses that few tags have the key and reads all that do through
+            # MLflow's (key, run_uuid) index; told that most tags do, it looks the values up in the partial index.
+            key_is = func.likelihood(key_is, literal_column("0.9375"))
         for start in range(0, len(values), _IN_CHUNK):
             found += session.execute(
                 select(SqlTag.value, SqlRun.run_uuid, SqlRun.status)
@@ -184,7 +207,7 @@ class BulkRunWriter:
                 .where(
                     SqlRun.experiment_id == self._experiment_id,
                     SqlRun.lifecycle_stage == "active",
-                    SqlTag.key == unique_tag,
+                    key_is,
                     SqlTag.value.in_(values[start : start + _IN_CHUNK]),
                 )
             ).all()
@@ -208,6 +231,33 @@ class BulkRunWriter:
                 .values(lifecycle_stage="deleted", deleted_time=int(time.time() * 1000))
             )
         return whole
+
+
+def tag_index_name(tag: str) -> str:
+    """The name of the partial index of `tag`'s values (tag keys may hold characters names cannot)."""
+    return f"sweeps_tag_{hashlib.sha256(tag.encode()).hexdigest()[:12]}"
+
+
+def _ensure_tag_index(store: SqlAlchemyStore, tag: str) -> None:
+    """Index the values of tag `tag` in the store's `tags` table, where the database has partial indexes.
+
+    Only an optimisation: a database that refuses (no right to create an index) is written all
+    the same, after a debug line.
+    """
+    import sqlalchemy
+    from mlflow.store.tracking.dbmodels.models import SqlTag
+
+    engine = store.engine
+    if engine.dialect.name not in _PARTIAL_INDEX_DIALECTS:
+        return
+    key = sqlalchemy.literal(tag).compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+    table = engine.dialect.identifier_preparer.quote(SqlTag.__tablename__)
+    statement = f"CREATE INDEX IF NOT EXISTS {tag_index_name(tag)} ON {table} (value) WHERE key = {key}"
+    try:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(statement))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        log.debug("no index of tag %s's values in %s: %s", tag, store.db_uri, exc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -311,6 +311,16 @@ def test_sweep_select_serve_monitor_and_lineage_through_the_extension_on_postgre
     config = _config(data_dir, tmp_path, bulk_server.uri, "team-bulk", "sweep.num_trials=60")
     outcome = pipeline.sweep(config)
     _check_exactly_once(bulk_server.uri, config, outcome, "server-bulk")
+    import psycopg
+
+    from sweeps._compat.mlflow_sql import tag_index_name
+
+    # The bulk writes find a batch's trial keys through their own partial index, not every run's tags.
+    with psycopg.connect(bulk_server.backend_uri.replace("postgresql+psycopg://", "postgresql://")) as db:
+        row = db.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (tag_index_name(TAG_TRIAL_KEY),))
+        [definition] = row.fetchone() or [""]
+    assert "(value) WHERE" in definition, definition
+    assert f"'{TAG_TRIAL_KEY}'" in definition, definition
 
     result = pipeline.select(config, outcome)
     assert result.champion is not None

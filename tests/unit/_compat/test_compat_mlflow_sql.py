@@ -6,6 +6,7 @@ import logging
 import math
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
@@ -25,7 +26,9 @@ from sweeps._compat.mlflow_sql import (
     run_states,
     schema_revision,
     sql_store,
+    tag_index_name,
 )
+from sweeps.tracking.client import sqlite_path
 
 METRICS = {"rmse": 0.61, "mae": 0.47, "r2": math.nan, "fit_seconds": math.inf, "neg": -math.inf}
 PARAMS = {"alpha": "0.01", "l1_ratio": "0.5"}
@@ -239,6 +242,39 @@ def test_a_torn_run_is_deleted_and_written_again(client: MlflowClient, experimen
     assert {r.data.tags["sweeps.trial_key"]: r.info.status for r in nested} == {
         "torn": "FINISHED", "empty": "FINISHED", "failed": "FAILED"}
     assert all(r.data.metrics for r in nested if r.info.status == "FINISHED")
+
+
+def test_the_claim_looks_values_up_in_the_tag_index_not_through_every_run(
+    client: MlflowClient, experiment_id: str
+) -> None:
+    from sqlalchemy import event
+
+    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
+    writer = _writer(client, experiment_id)
+    writer.write([_keyed(parent_id, f"old{i}") for i in range(50)], unique_tag="sweeps.trial_key")
+    claims: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().startswith("SELECT tags.value"):
+            claims.append((statement, parameters))
+
+    engine = _store(client).engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        ids = writer.write([_keyed(parent_id, f"new{i}") for i in range(20)], unique_tag="sweeps.trial_key")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(set(ids)) == 20
+    database = sqlite_path(client.tracking_uri)
+    assert database is not None
+    with sqlite3.connect(database) as db:
+        [definition] = db.execute("SELECT sql FROM sqlite_master WHERE name = ?",
+                                  (tag_index_name("sweeps.trial_key"),)).fetchone()
+        assert definition.endswith("ON tags (value) WHERE key = 'sweeps.trial_key'")
+        [(statement, parameters)] = claims
+        plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {statement}", parameters))
+    # MLflow's own (key, run_uuid) index would read every run's trial key, of every sweep in the store.
+    assert f"USING INDEX {tag_index_name('sweeps.trial_key')} (value=?)" in plan, plan
 
 
 @pytest.mark.parametrize(("status", "has_metrics", "whole"), [
