@@ -13,8 +13,9 @@ and written again, all in the same transaction, so a retried or resumed batch ne
 MLflow indexes tags by key, not value, so finding the batch's values would read every run's tag
 of that key, of every sweep the store ever held (with 50,000 runs in the store, 70-90 ms of each
 500-run write; growing with the store).
-The writer adds a partial index of that tag's values (SQLite and PostgreSQL; `CREATE INDEX IF NOT
-EXISTS ... WHERE key = ...`, once per database): MLflow's schema, migrations and readers ignore it.
+The writer adds a partial index of that tag's values (SQLite and PostgreSQL; `CREATE INDEX ...
+WHERE key = ...`, once per database, looked for once per process: creating it locks the table
+against writers, even when it exists): MLflow's schema, migrations and readers ignore it.
 
 `run_states` reads, in one query, what `MlflowClient.search_runs` would build whole runs for (every
 tag, param and metric): for each run carrying some tags, its status, whether it has a metric and a
@@ -83,6 +84,9 @@ _PARTIAL_INDEX_DIALECTS = frozenset({"sqlite", "postgresql"})
 
 log = logging.getLogger(__name__)
 
+# (database, tag) pairs whose index this process has looked for: a tracking server makes a writer per request.
+_INDEX_LOOKED_FOR: set[tuple[str, str]] = set()
+
 
 @dataclass(frozen=True)
 class FinishedRun:
@@ -111,7 +115,6 @@ class BulkRunWriter:
         self._store = store
         self._experiment_id = int(experiment.experiment_id)
         self._artifact_location = str(experiment.artifact_location)
-        self._indexed: set[str] = set()
 
     def write(self, runs: Sequence[FinishedRun], unique_tag: str | None = None) -> list[str]:
         """Insert `runs` whole or not at all; returns their run ids, in order.
@@ -125,9 +128,8 @@ class BulkRunWriter:
 
         if not runs:
             return []
-        if unique_tag is not None and unique_tag not in self._indexed:
+        if unique_tag is not None:
             _ensure_tag_index(self._store, unique_tag)
-            self._indexed.add(unique_tag)
         with self._store.ManagedSessionMaker(read_only=False) as session:
             existing = self._claim(session, runs, unique_tag) if unique_tag is not None else {}
             run_rows: list[dict[str, Any]] = []
@@ -241,23 +243,28 @@ def tag_index_name(tag: str) -> str:
 def _ensure_tag_index(store: SqlAlchemyStore, tag: str) -> None:
     """Index the values of tag `tag` in the store's `tags` table, where the database has partial indexes.
 
-    Only an optimisation: a database that refuses (no right to create an index) is written all
-    the same, after a debug line.
+    Looked for once per process and database; created only when missing. Only an optimisation: a
+    database that refuses (no right to create an index) is written all the same, after a debug line.
     """
     import sqlalchemy
     from mlflow.store.tracking.dbmodels.models import SqlTag
 
     engine = store.engine
-    if engine.dialect.name not in _PARTIAL_INDEX_DIALECTS:
+    looked_for = (str(store.db_uri), tag)
+    if looked_for in _INDEX_LOOKED_FOR or engine.dialect.name not in _PARTIAL_INDEX_DIALECTS:
         return
+    name = tag_index_name(tag)
     key = sqlalchemy.literal(tag).compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
-    table = engine.dialect.identifier_preparer.quote(SqlTag.__tablename__)
-    statement = f"CREATE INDEX IF NOT EXISTS {tag_index_name(tag)} ON {table} (value) WHERE key = {key}"
+    table = SqlTag.__tablename__
+    statement = (f"CREATE INDEX IF NOT EXISTS {name} ON {engine.dialect.identifier_preparer.quote(table)} (value) "
+                 f"WHERE key = {key}")
     try:
         with engine.begin() as connection:
-            connection.execute(sqlalchemy.text(statement))
+            if name not in {index["name"] for index in sqlalchemy.inspect(connection).get_indexes(table)}:
+                connection.execute(sqlalchemy.text(statement))
     except sqlalchemy.exc.SQLAlchemyError as exc:
         log.debug("no index of tag %s's values in %s: %s", tag, store.db_uri, exc)
+    _INDEX_LOOKED_FOR.add(looked_for)
 
 
 @dataclass(frozen=True, slots=True)

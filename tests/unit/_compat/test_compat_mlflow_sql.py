@@ -277,6 +277,48 @@ def test_the_claim_looks_values_up_in_the_tag_index_not_through_every_run(
     assert f"USING INDEX {tag_index_name('sweeps.trial_key')} (value=?)" in plan, plan
 
 
+def _statements(client: MlflowClient, write: Any) -> list[str]:
+    """The SQL statements `write()` sends to the client's store."""
+    from sqlalchemy import event
+
+    sent: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        sent.append(statement)
+
+    engine = _store(client).engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        write()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    return sent
+
+
+def test_the_tag_index_is_looked_for_once_a_process_and_made_only_when_missing(
+    client: MlflowClient, experiment_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = sqlite_path(client.tracking_uri)
+    assert database is not None
+    with sqlite3.connect(database) as db:  # the store is shared with other tests: start without the index
+        db.execute(f"DROP INDEX IF EXISTS {tag_index_name('sweeps.trial_key')}")
+    monkeypatch.setattr(sweeps._compat.mlflow_sql, "_INDEX_LOOKED_FOR", set())
+    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
+    first = _statements(client, lambda: _writer(client, experiment_id).write(
+        [_keyed(parent_id, "a")], unique_tag="sweeps.trial_key"))
+    assert [s for s in first if s.startswith("CREATE INDEX")], "the first write of the process makes the index"
+    # A tracking server makes a writer per request: the next ones neither look for it nor lock the table.
+    again = _statements(client, lambda: _writer(client, experiment_id).write(
+        [_keyed(parent_id, "b")], unique_tag="sweeps.trial_key"))
+    assert not [s for s in again if "CREATE INDEX" in s or "index_list" in s], again
+    # Another process (its own memory of what it looked for) finds the index and does not create it.
+    monkeypatch.setattr(sweeps._compat.mlflow_sql, "_INDEX_LOOKED_FOR", set())
+    other = _statements(client, lambda: _writer(client, experiment_id).write(
+        [_keyed(parent_id, "c")], unique_tag="sweeps.trial_key"))
+    assert [s for s in other if "index_list" in s], "it looked"
+    assert not [s for s in other if s.startswith("CREATE INDEX")], other
+
+
 @pytest.mark.parametrize(("status", "has_metrics", "whole"), [
     ("FINISHED", True, True), ("FINISHED", False, False), ("FAILED", False, True), ("KILLED", False, True),
     ("RUNNING", True, False), ("SCHEDULED", False, False),
