@@ -244,26 +244,35 @@ def test_a_torn_run_is_deleted_and_written_again(client: MlflowClient, experimen
     assert all(r.data.metrics for r in nested if r.info.status == "FINISHED")
 
 
-def test_the_claim_looks_values_up_in_the_tag_index_not_through_every_run(
-    client: MlflowClient, experiment_id: str
-) -> None:
+def _statements(client: MlflowClient, write: Any) -> list[tuple[str, Any]]:
+    """The SQL statements `write()` sends to the client's store, with their parameters."""
     from sqlalchemy import event
 
-    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
-    writer = _writer(client, experiment_id)
-    writer.write([_keyed(parent_id, f"old{i}") for i in range(50)], unique_tag="sweeps.trial_key")
-    claims: list[tuple[str, Any]] = []
+    sent: list[tuple[str, Any]] = []
 
     def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if statement.lstrip().startswith("SELECT tags.value"):
-            claims.append((statement, parameters))
+        sent.append((statement, parameters))
 
     engine = _store(client).engine
     event.listen(engine, "before_cursor_execute", seen)
     try:
-        ids = writer.write([_keyed(parent_id, f"new{i}") for i in range(20)], unique_tag="sweeps.trial_key")
+        write()
     finally:
         event.remove(engine, "before_cursor_execute", seen)
+    return sent
+
+
+def test_the_claim_looks_values_up_in_the_tag_index_not_through_every_run(
+    client: MlflowClient, experiment_id: str
+) -> None:
+    parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
+    writer = _writer(client, experiment_id)
+    writer.write([_keyed(parent_id, f"old{i}") for i in range(50)], unique_tag="sweeps.trial_key")
+    ids: list[str] = []
+    sent = _statements(client, lambda: ids.extend(
+        writer.write([_keyed(parent_id, f"new{i}") for i in range(20)], unique_tag="sweeps.trial_key")))
+    claims = [(statement, parameters) for statement, parameters in sent
+              if statement.lstrip().startswith("SELECT tags.value")]
     assert len(set(ids)) == 20
     database = sqlite_path(client.tracking_uri)
     assert database is not None
@@ -277,24 +286,6 @@ def test_the_claim_looks_values_up_in_the_tag_index_not_through_every_run(
     assert f"USING INDEX {tag_index_name('sweeps.trial_key')} (value=?)" in plan, plan
 
 
-def _statements(client: MlflowClient, write: Any) -> list[str]:
-    """The SQL statements `write()` sends to the client's store."""
-    from sqlalchemy import event
-
-    sent: list[str] = []
-
-    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        sent.append(statement)
-
-    engine = _store(client).engine
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        write()
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
-    return sent
-
-
 def test_the_tag_index_is_looked_for_once_a_process_and_made_only_when_missing(
     client: MlflowClient, experiment_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -306,17 +297,17 @@ def test_the_tag_index_is_looked_for_once_a_process_and_made_only_when_missing(
     parent_id = str(client.create_run(experiment_id, run_name="sweep").info.run_id)
     first = _statements(client, lambda: _writer(client, experiment_id).write(
         [_keyed(parent_id, "a")], unique_tag="sweeps.trial_key"))
-    assert [s for s in first if s.startswith("CREATE INDEX")], "the first write of the process makes the index"
+    assert [s for s, _ in first if s.startswith("CREATE INDEX")], "the first write of the process makes the index"
     # A tracking server makes a writer per request: the next ones neither look for it nor lock the table.
     again = _statements(client, lambda: _writer(client, experiment_id).write(
         [_keyed(parent_id, "b")], unique_tag="sweeps.trial_key"))
-    assert not [s for s in again if "CREATE INDEX" in s or "index_list" in s], again
+    assert not [s for s, _ in again if "CREATE INDEX" in s or "index_list" in s], again
     # Another process (its own memory of what it looked for) finds the index and does not create it.
     monkeypatch.setattr(sweeps._compat.mlflow_sql, "_INDEX_LOOKED_FOR", set())
     other = _statements(client, lambda: _writer(client, experiment_id).write(
         [_keyed(parent_id, "c")], unique_tag="sweeps.trial_key"))
-    assert [s for s in other if "index_list" in s], "it looked"
-    assert not [s for s in other if s.startswith("CREATE INDEX")], other
+    assert [s for s, _ in other if "index_list" in s], "it looked"
+    assert not [s for s, _ in other if s.startswith("CREATE INDEX")], other
 
 
 @pytest.mark.parametrize(("status", "has_metrics", "whole"), [
