@@ -6,6 +6,8 @@ kills it first, so Ray never waits the second its SIGTERM takes.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +49,23 @@ def test_a_started_ray_runs_without_api_server_and_monitors_and_stops_every_proc
     assert {ray_constants.PROCESS_TYPE_GCS_SERVER, ray_constants.PROCESS_TYPE_RAYLET} <= kinds
     assert not ray.is_initialized()
     assert [p.pid for p in processes if p.poll() is None] == []
+
+
+def test_a_started_ray_leaves_the_dashboards_libraries_unimported() -> None:
+    # A process of its own: other tests of the session may have imported them already.
+    script = (
+        "import sys\n"
+        "from sweeps.sweep.launch import RayStart\n"
+        "start = RayStart(None, 1)\n"
+        "try:\n"
+        "    start.wait()\n"
+        "    print(sorted(m for m in ('ray.dashboard.optional_deps', 'aiohttp') if m in sys.modules))\n"
+        "finally:\n"
+        "    start.stop()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def _running(pid: int) -> bool:

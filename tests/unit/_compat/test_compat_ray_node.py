@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import ray
-from ray._private import ray_constants, services, worker
+from ray._private import ray_constants, services, utils, worker
 
 import sweeps._compat
 from sweeps._compat import ray_idle_agent, ray_node
@@ -79,6 +79,12 @@ def test_rays_raylet_start_builds_its_agent_command_with_the_function_the_lean_s
     assert 'f"--node-id={node_id}"' in options
     assert 'f"--session-dir={session_dir}"' in options
     assert '"--minimal"' in start_raylet, "Ray's minimal agent (whose ports the idle agent reports) is gone"
+
+
+def test_rays_raylet_start_checks_the_dashboards_libraries_through_the_function_the_lean_start_replaces() -> None:
+    start_raylet = inspect.getsource(services.start_raylet)
+    assert "ray._private.utils.get_dashboard_dependency_error()" in start_raylet
+    assert "ray.dashboard.optional_deps" in inspect.getsource(utils.get_dashboard_dependency_error)
 
 
 def test_rays_node_start_waits_for_the_raylet_through_the_function_the_lean_start_wraps() -> None:
@@ -197,6 +203,7 @@ def recorded_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
     shipped = {name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES}
     get_node = services.get_node
+    dashboard_check = utils.get_dashboard_dependency_error
     calls: list[dict[str, Any]] = []
 
     def init(**kwargs: Any) -> None:
@@ -206,7 +213,8 @@ def recorded_init(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         )
         soon = services.get_node is not get_node
         calls.append({"kwargs": kwargs, "ray_s_own": own, "idle_agent": agent[-1] == str(ray_node.IDLE_AGENT),
-                      "get_node_soon": soon})
+                      "get_node_soon": soon,
+                      "dashboard_check_replaced": utils.get_dashboard_dependency_error is not dashboard_check})
 
     monkeypatch.setattr(ray, "init", init)
     return calls
@@ -220,6 +228,7 @@ def _replaced() -> dict[str, Any]:
         **{name: Node.__dict__[name] for name in ray_node.SKIPPED_PROCESSES},
         "get_node": services.get_node,
         "command": services._build_python_executable_command_memory_profileable,
+        "dashboard_check": utils.get_dashboard_dependency_error,
     }
 
 
@@ -235,6 +244,7 @@ def test_the_lean_start_replaces_rays_functions_only_during_ray_init(recorded_in
             "ray_s_own": [],
             "idle_agent": True,
             "get_node_soon": True,
+            "dashboard_check_replaced": True,
         }
     ]
     assert _replaced() == shipped
@@ -263,5 +273,6 @@ def test_an_untested_ray_starts_as_shipped(
             "ray_s_own": list(ray_node.SKIPPED_PROCESSES),
             "idle_agent": False,
             "get_node_soon": False,
+            "dashboard_check_replaced": False,
         }
     ]
