@@ -7,8 +7,12 @@
 (d) the pure fit rate of the objective on the same cores (in-process, one process per core).
 With --big, also 10,000 two-objective trials, untracked and tracked. Prints wall times, the
 engine's phases (Ray ready, first and last result), its steady rate and its coordinator's CPU
-per trial, and the ratios the issues set bars on. Run: `make bench` or
-`python bench/sweep_bench.py --data ../shared/data [--trials 2000] [--big]`.
+per trial, and the ratios the issues set bars on. The plain loop, the engine and the tracked
+engine run in turn, `--rounds` times (each tracked run into a new store whose schema exists, as a
+user's `mlflow.db` after the first run): a case's figures are its medians over the rounds, and a
+ratio of two of them is taken round by round (median, and the range), so a machine whose speed
+drifts between rounds moves both sides of a ratio alike. Run: `make bench` or
+`python bench/sweep_bench.py --data ../shared/data [--trials 2000] [--rounds 3] [--big]`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -192,6 +197,34 @@ def bench_pure_fits(config: Config, fits: int) -> dict[str, float]:
     return {"trials": done, "wall_s": wall, "trials_per_s": done / wall}
 
 
+def bench_rounds(data: str, trials: int, rounds: int, work: Path) -> list[dict[str, dict[str, Any]]]:
+    """The plain loop, the engine and the tracked engine in turn, `rounds` times, one objective.
+
+    Each tracked run writes into a new store whose schema exists (as a user's `mlflow.db` after
+    the first run), so no round pays for the runs an earlier one wrote.
+    """
+    single = "[{metric: rmse}]"
+    empty = work / "empty.db"
+    from mlflow import MlflowClient
+
+    MlflowClient(f"sqlite:///{empty}").search_experiments()
+    done: list[dict[str, dict[str, Any]]] = []
+    for i in range(rounds):
+        store = work / f"mlflow-{i}.db"
+        shutil.copyfile(empty, store)
+        untracked = _overrides(data, work / "state", f"sqlite:///{store}", trials, single, False, f"bench-off-{i}")
+        tracked = _overrides(data, work / "state", f"sqlite:///{store}", trials, single, True, f"bench-on-{i}")
+        plain = _overrides(data, work / "state", f"sqlite:///{store}", trials, single, False, f"plain-{i}")
+        done.append({
+            "plain_optuna": bench_plain_optuna(plain, trials, None, work),
+            "engine": bench_engine(untracked, work),
+            "engine_tracked": bench_engine(tracked, work),
+        })
+        walls = ", ".join(f"{case} {row['wall_s']:.2f} s" for case, row in done[-1].items())
+        print(f"round {i + 1} of {rounds}: {walls}", flush=True)
+    return done
+
+
 def _row(case: str, row: dict[str, Any]) -> str:
     def cell(key: str, width: int, digits: int) -> str:
         value = row.get(key)
@@ -202,28 +235,47 @@ def _row(case: str, row: dict[str, Any]) -> str:
             f"{cell('steady_trials_per_s', 8, 0)} {cell('coordinator_ms_per_trial', 7, 3)} {cell('best_rmse', 10, 7)}")
 
 
-def _ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds (a figure some round lacks: over the rounds that have it)."""
+    median: dict[str, Any] = {}
+    for key in rows[0]:
+        values = [row[key] for row in rows if isinstance(row.get(key), int | float)]
+        median[key] = statistics.median(values) if values else None
+    return median
+
+
+def _paired(rounds: list[dict[str, dict[str, Any]]], numerator: str, denominator: str) -> list[float]:
+    """`numerator`'s wall over `denominator`'s, round by round."""
+    return [row[numerator]["wall_s"] / row[denominator]["wall_s"] for row in rounds]
+
+
+def _ratios(results: dict[str, dict[str, Any]], rounds: list[dict[str, dict[str, Any]]]) -> dict[str, list[float]]:
+    """Each ratio an issue sets a bar on: its value in every round where it is paired, else one value."""
     pure = results["pure_fits"]["trials_per_s"]
     ratios = {
-        "plain Optuna wall / engine wall, 2k untracked (bar >= 2.5)":
-            results["plain_optuna"]["wall_s"] / results["engine"]["wall_s"],
-        "engine tracked wall / untracked wall (bar <= 1.15)":
-            results["engine_tracked"]["wall_s"] / results["engine"]["wall_s"],
+        "plain Optuna wall / engine wall, 2k untracked (bar >= 2.5)": _paired(rounds, "plain_optuna", "engine"),
+        "engine tracked wall / untracked wall (bar <= 1.15)": _paired(rounds, "engine_tracked", "engine"),
         "engine steady rate / pure fit rate, one objective (bar >= 0.7)":
-            (results["engine"]["steady_trials_per_s"] or 0.0) / pure,
+            [(row["engine"]["steady_trials_per_s"] or 0.0) / pure for row in rounds],
     }
     if "plain_optuna_mlflow" in results:
-        ratios["plain Optuna + MLflow wall / engine tracked wall"] = (
-            results["plain_optuna_mlflow"]["wall_s"] / results["engine_tracked"]["wall_s"])
+        ratios["plain Optuna + MLflow wall / engine tracked wall"] = [
+            results["plain_optuna_mlflow"]["wall_s"] / results["engine_tracked"]["wall_s"]]
     if "tune_defaults" in results:
-        ratios["engine / Tune+OptunaSearch defaults (per trial)"] = (
-            results["engine"]["trials_per_s"] / results["tune_defaults"]["trials_per_s"])
+        ratios["engine / Tune+OptunaSearch defaults (per trial)"] = [
+            results["engine"]["trials_per_s"] / results["tune_defaults"]["trials_per_s"]]
     if "engine_10k_two_objectives" in results:
-        ratios["engine steady rate / pure fit rate, two objectives (bar >= 0.5)"] = (
-            (results["engine_10k_two_objectives"]["steady_trials_per_s"] or 0.0) / pure)
-        ratios["10k two objectives untracked wall s (bar < 20)"] = results["engine_10k_two_objectives"]["wall_s"]
-        ratios["10k two objectives tracked wall s (bar < 24)"] = results["engine_10k_two_objectives_tracked"]["wall_s"]
+        ratios["engine steady rate / pure fit rate, two objectives (bar >= 0.5)"] = [
+            (results["engine_10k_two_objectives"]["steady_trials_per_s"] or 0.0) / pure]
+        ratios["10k two objectives untracked wall s (bar < 20)"] = [results["engine_10k_two_objectives"]["wall_s"]]
+        ratios["10k two objectives tracked wall s (bar < 24)"] = [
+            results["engine_10k_two_objectives_tracked"]["wall_s"]]
     return ratios
+
+
+def _ratio_line(label: str, values: list[float]) -> str:
+    spread = f"  ({min(values):.2f}-{max(values):.2f} over {len(values)} rounds)" if len(values) > 1 else ""
+    return f"{label:66} {statistics.median(values):8.2f}{spread}"
 
 
 def main() -> None:
@@ -231,6 +283,8 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("SWEEPS_DATA_PATH", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--trials", type=int, default=2000, help="trials for (a) and (b)")
     parser.add_argument("--tune-trials", type=int, default=20, help="trials for (c), Tune at defaults (0: skip)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the plain loop, engine and tracked engine in turn (medians; ratios per round)")
     parser.add_argument("--big", action="store_true", help="also the 10,000-trial two-objective sweeps")
     parser.add_argument("--no-mlflow-peer", action="store_true", help="skip the plain Optuna + MLflow loop (slow)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -238,6 +292,8 @@ def main() -> None:
     parser.add_argument("--plain-mlflow", help=argparse.SUPPRESS)
     parser.add_argument("--plain-overrides", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.data = os.path.abspath(args.data)  # the cases run as processes in other folders
     if args.plain is not None:
         config = load_config(CONFIG_DIR / "wine.yaml", json.loads(args.plain_overrides))
@@ -261,13 +317,12 @@ def main() -> None:
         print(_machine(), flush=True)
         base = _config(args.data, work / "state", uri, args.trials, single, False, "bench-off")
         results["pure_fits"] = bench_pure_fits(base, 4000)
-        results["plain_optuna"] = bench_plain_optuna(overrides(args.trials, single, False, "plain"), args.trials,
-                                                     None, work)
         # Warm-up, not recorded: the first Ray start on a machine pays one-off costs (cold file
         # caches) that would otherwise land on whichever engine case runs first.
         bench_engine(overrides(100, single, False, "bench-warmup"), work)
-        results["engine"] = bench_engine(overrides(args.trials, single, False, "bench-off"), work)
-        results["engine_tracked"] = bench_engine(overrides(args.trials, single, True, "bench-on"), work)
+        rounds = bench_rounds(args.data, args.trials, args.rounds, work)
+        for case in rounds[0]:
+            results[case] = _median_row([row[case] for row in rounds])
         if not args.no_mlflow_peer:
             results["plain_optuna_mlflow"] = bench_plain_optuna(
                 overrides(args.trials, single, False, "plain-mlflow"), args.trials, f"sqlite:///{work / 'plain.db'}",
@@ -285,11 +340,12 @@ def main() -> None:
           f"{'steady/s':>8} {'coord ms':>7} {'best rmse':>10}")
     for case, row in results.items():
         print(_row(case, row))
-    ratios = _ratios(results)
-    for label, value in ratios.items():
-        print(f"{label:66} {value:8.2f}")
+    ratios = _ratios(results, rounds)
+    for label, values in ratios.items():
+        print(_ratio_line(label, values))
     if args.json:
-        args.json.write_text(json.dumps({"machine": _machine(), "results": results, "ratios": ratios}, indent=2))
+        payload = {"machine": _machine(), "results": results, "rounds": rounds, "ratios": ratios}
+        args.json.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":
