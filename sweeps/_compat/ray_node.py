@@ -18,9 +18,9 @@ alternated runs against the minimal agent). Before it starts the raylet, Ray imp
 dashboard's libraries (`ray._private.utils.get_dashboard_dependency_error`: aiohttp,
 OpenTelemetry, 0.19 s of the starting thread) only to add `--minimal` to the agent's command when
 they are missing; the idle agent needs neither, so the check answers "installed" without the
-import (`_no_dashboard_check`): the raylet starts that much sooner, and the 2,000-trial `sweeps
-run` took 4.80 s instead of 5.29 s (medians of 6 alternated runs, 0.91x pair by pair), and
-the driver 20 MB less memory.
+import (`_no_dashboard_check`): the raylet starts that much sooner. The 2,000-trial `sweeps run`
+took 4.80 s instead of 5.29 s (medians of 6 alternated runs, 0.91x pair by pair), its driver's
+peak memory 20 MB less.
 The raylet then connects to its object store, and `ray.init` waits for the raylet to register
 with the GCS; both retry a second later when the first try comes too soon (Ray's
 `raylet_client_*` config; `services.get_node`, whose GCS call waits a second before it looks
