@@ -41,6 +41,7 @@ from training.objective import ElasticNetParams, PreparedSplit, evaluate, prepar
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ROOT = Path(__file__).resolve().parent.parent
+ONE_OBJECTIVE = "[{metric: rmse}]"
 
 
 def _machine() -> str:
@@ -197,28 +198,24 @@ def bench_pure_fits(config: Config, fits: int) -> dict[str, float]:
     return {"trials": done, "wall_s": wall, "trials_per_s": done / wall}
 
 
-def bench_rounds(data: str, trials: int, rounds: int, work: Path) -> list[dict[str, dict[str, Any]]]:
+def bench_rounds(data: str, trials: int, rounds: int, work: Path, empty: Path) -> list[dict[str, dict[str, Any]]]:
     """The plain loop, the engine and the tracked engine in turn, `rounds` times, one objective.
 
-    Each tracked run writes into a new store whose schema exists (as a user's `mlflow.db` after
-    the first run), so no round pays for the runs an earlier one wrote.
+    Each tracked run writes into a new copy of `empty` (a store whose schema exists, as a user's
+    `mlflow.db` after the first run), so no round pays for the runs an earlier one wrote.
     """
-    single = "[{metric: rmse}]"
-    empty = work / "empty.db"
-    from mlflow import MlflowClient
-
-    MlflowClient(f"sqlite:///{empty}").search_experiments()
     done: list[dict[str, dict[str, Any]]] = []
     for i in range(rounds):
         store = work / f"mlflow-{i}.db"
         shutil.copyfile(empty, store)
-        untracked = _overrides(data, work / "state", f"sqlite:///{store}", trials, single, False, f"bench-off-{i}")
-        tracked = _overrides(data, work / "state", f"sqlite:///{store}", trials, single, True, f"bench-on-{i}")
-        plain = _overrides(data, work / "state", f"sqlite:///{store}", trials, single, False, f"plain-{i}")
+
+        def case(tracking: bool, name: str, store: Path = store) -> list[str]:
+            return _overrides(data, work / "state", f"sqlite:///{store}", trials, ONE_OBJECTIVE, tracking, name)
+
         done.append({
-            "plain_optuna": bench_plain_optuna(plain, trials, None, work),
-            "engine": bench_engine(untracked, work),
-            "engine_tracked": bench_engine(tracked, work),
+            "plain_optuna": bench_plain_optuna(case(False, f"plain-{i}"), trials, None, work),
+            "engine": bench_engine(case(False, f"bench-off-{i}"), work),
+            "engine_tracked": bench_engine(case(True, f"bench-on-{i}"), work),
         })
         walls = ", ".join(f"{case} {row['wall_s']:.2f} s" for case, row in done[-1].items())
         print(f"round {i + 1} of {rounds}: {walls}", flush=True)
@@ -302,7 +299,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="sweeps-bench-"))
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    single, two = "[{metric: rmse}]", "[{metric: rmse}, {metric: nonzero_coefs}]"
+    single, two = ONE_OBJECTIVE, "[{metric: rmse}, {metric: nonzero_coefs}]"
     results: dict[str, dict[str, Any]] = {}
 
     def overrides(trials: int, objectives: str, tracking: bool, name: str) -> list[str]:
@@ -311,8 +308,9 @@ def main() -> None:
     try:
         from mlflow import MlflowClient
 
-        # Create both stores' schemas up front: a user's mlflow.db exists after the first run.
-        for store in (uri, f"sqlite:///{work / 'plain.db'}"):
+        # Create the stores' schemas up front: a user's mlflow.db exists after the first run.
+        empty = work / "empty.db"
+        for store in (uri, f"sqlite:///{work / 'plain.db'}", f"sqlite:///{empty}"):
             MlflowClient(store).search_experiments()
         print(_machine(), flush=True)
         base = _config(args.data, work / "state", uri, args.trials, single, False, "bench-off")
@@ -320,7 +318,7 @@ def main() -> None:
         # Warm-up, not recorded: the first Ray start on a machine pays one-off costs (cold file
         # caches) that would otherwise land on whichever engine case runs first.
         bench_engine(overrides(100, single, False, "bench-warmup"), work)
-        rounds = bench_rounds(args.data, args.trials, args.rounds, work)
+        rounds = bench_rounds(args.data, args.trials, args.rounds, work, empty)
         for case in rounds[0]:
             results[case] = _median_row([row[case] for row in rounds])
         if not args.no_mlflow_peer:
