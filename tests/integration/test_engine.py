@@ -25,6 +25,7 @@ from sweeps.sweep.journal import has_records
 from sweeps.sweep.snapshot import read_table
 from sweeps.sweep.state import SweepState
 from sweeps.tracking.sweep_runs import SweepTracker
+from tests.integration.stacks import communicate_or_dump
 from training.objective import Metrics, PreparedSplit, evaluate
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
@@ -185,7 +186,7 @@ def test_interrupted_sweep_resumes_without_loss_or_rerun(data_dir: Path, tmp_pat
             time.sleep(0.2)
         assert process.poll() is None, f"the sweep ended before the test could interrupt it:\n{process.stdout}"
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
+        output, _ = communicate_or_dump(process, timeout=120)
     finally:
         if process.poll() is None:
             process.kill()

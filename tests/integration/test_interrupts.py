@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.config import CONFIG_DIR
+from tests.integration.stacks import communicate_or_dump
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +52,7 @@ def test_sigint_during_start_up_exits_130_saying_what_happened_and_how_to_contin
             time.sleep(0.02)
         assert process.poll() is None, f"the run ended before {point!r}:\n{process.stderr}"
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=180)
+        out, err = communicate_or_dump(process, timeout=180)
     finally:
         if process.poll() is None:
             process.kill()

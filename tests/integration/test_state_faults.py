@@ -30,6 +30,7 @@ from sweeps.records import trial_key
 from sweeps.sweep.lock import FileLock
 from sweeps.sweep.state import SweepState
 from sweeps.tracking.lookup import find_sweep_run, trial_runs
+from tests.integration.stacks import communicate_or_dump
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +64,7 @@ def _race(commands: Sequence[Sequence[str]], cwd: Path, timeout: float = 900) ->
     started = [_start(args, cwd) for args in commands]
     done = []
     for process in started:
-        out, err = process.communicate(timeout=timeout)
+        out, err = communicate_or_dump(process, timeout=timeout)
         done.append(Done(process.pid, process.returncode, out, err))
     return done
 
