@@ -1,16 +1,18 @@
 """Ctrl+C at any moment: a SIGINT becomes `KeyboardInterrupt` where it is safe, and is never lost.
 
-Python raises `KeyboardInterrupt` wherever the main thread happens to be. Two places make that
+Python raises `KeyboardInterrupt` wherever the main thread happens to be. Three places make that
 unsafe: inside Ray's start and stop (C++ threads and child processes half set up, which has ended
-in a segmentation fault), and inside a weakref callback or `__del__` (an import's module lock
-has one), where the exception is printed as "ignored" and the command carries on as if Ctrl+C
-had not been pressed. So the CLI runs each command under `raising()`, whose handler also remembers
-the signal; Ray's
-start and stop run under `deferred()`, which holds a SIGINT until they are done; and the engine
-calls `checkpoint()` between stages, which raises an interrupt that was swallowed.
+in a segmentation fault); inside Tune's set-up of a run (Ray calls and actors half made: a Ctrl+C
+the moment Tune started once left `sweeps run` hanging in CI); and inside a weakref callback or
+`__del__` (an import's module lock has one), where the exception is printed as "ignored" and the
+command carries on as if Ctrl+C had not been pressed. So the CLI runs each command under
+`raising()`, whose handler also remembers the signal; Ray's start and stop are under
+`deferred()`, which holds a SIGINT until they are done; the Tune run is under `winding_down()`,
+where a first SIGINT stops it at its next step and the sweep's outcome is still written; and the
+engine calls `checkpoint()` between stages, which raises an interrupt that was swallowed.
 
-Library use (tests, notebooks) keeps Python's own handler: only `raising()` and `deferred()`
-change it, for their duration.
+Library use (tests, notebooks) keeps Python's own handler: only `raising()`, `deferred()` and
+`winding_down()` change it, for their duration.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-__all__ = ["checkpoint", "deferred", "on_sigint", "raising"]
+__all__ = ["checkpoint", "deferred", "on_sigint", "raising", "winding_down"]
 
 _pending = threading.Event()
 
@@ -73,29 +75,44 @@ def checkpoint() -> None:
 
 
 @contextmanager
+def winding_down() -> Iterator[threading.Event]:
+    """Within: a first SIGINT only sets the event yielded, for the section to stop by itself; a second one raises.
+
+    For a section that ends early and cleanly once asked to (a Tune run stops at its next step,
+    and the sweep's outcome is still written). Outside the main thread, where no handler can be
+    set, the event is never set.
+    """
+    asked = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def ask(signum: int, frame: FrameType | None) -> None:
+        if asked.is_set():  # pressed again: the user insists
+            raise KeyboardInterrupt
+        asked.set()
+
+    signal.signal(signal.SIGINT, ask)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+@contextmanager
 def deferred() -> Iterator[None]:
     """Within: a first SIGINT is held and raised as `KeyboardInterrupt` on leaving; a second one is raised at once.
 
-    For sections that must not be torn half way (starting or stopping Ray). Outside the main
-    thread, where no handler can be set, the section runs as it is.
+    For sections that must not be torn half way (starting or stopping Ray).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-
-    def hold(signum: int, frame: FrameType | None) -> None:
-        if held:  # pressed again: the user insists
-            raise KeyboardInterrupt
-        held.append(signum)
-        _pending.set()
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if held:
+    with winding_down() as held:
+        try:
+            yield
+        except BaseException:
+            if held.is_set():
+                _pending.set()  # the section's error goes on; the next `checkpoint` raises the interrupt
+            raise
+    if held.is_set():
         _pending.clear()
         raise KeyboardInterrupt

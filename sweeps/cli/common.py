@@ -107,7 +107,7 @@ def _root(
 
 
 # Ray loggers whose notices say nothing the user can act on here (--debug shows them): the token-auth
-# notice of every local start; Tune's own Ctrl+C lines, which point at `Tuner.restore` where the
+# notice of every local start; Tune's run-level notices, which point at `Tuner.restore` where the
 # command's message names the `sweeps` command that continues; "Started a local Ray instance" and
 # Serve's progress lines in this process (their warnings still show). Set before Ray is imported;
 # Ray's logging set-up configures only its root `ray` logger, so these levels stay.

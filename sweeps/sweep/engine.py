@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.config import Config, config_origin
 from sweeps.errors import UsageError
-from sweeps.interrupts import checkpoint
+from sweeps.interrupts import checkpoint, winding_down
 from sweeps.pareto import FrontPoint, distinct_front, pareto_numbers
 from sweeps.records import TrialRecord
 from sweeps.records import TrialState as TrialState_
@@ -35,6 +33,8 @@ from sweeps.sweep.snapshot import read_table
 from sweeps.sweep.state import SweepState
 
 if TYPE_CHECKING:  # scikit-learn and pandas load only where a sweep runs: `sweeps show` needs neither
+    from ray.tune import Stopper, Tuner
+
     from sweeps.dataset import DataBundle
     from training.data import Split
     from training.objective import Metrics, PreparedSplit
@@ -59,6 +59,8 @@ _TUNE_ENV = {
     "TUNE_GLOBAL_CHECKPOINT_S": "30",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "100",
+    # Ctrl+C is the engine's (`_run_tune`): Tune's own handler is installed only once its set-up is done.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 
@@ -593,74 +595,90 @@ def _run_tune(
 ) -> int:
     """One Tune run of `concurrency` workers over what is left; returns how many results were told."""
     import ray
-    from ray import tune
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from sweeps._compat.ray_tune import patch_tune
     from sweeps.sweep.coordinator import Coordinator
-    from sweeps.sweep.workers import SweepProgressCallback, run_worker
+    from sweeps.sweep.workers import StopOnEvent, SweepProgressCallback
 
     patch_tune()
-    # The coordinator writes the sweep's journal, so it runs where the driver (and its storage) is.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    coordinator: Any = (
-        ray.remote(Coordinator)
-        .options(num_cpus=0, scheduling_strategy=here, max_concurrency=1)
-        .remote(config.model_dump(mode="json"), name, str(state.root), deadline)
-    )
-    try:
-        # Not waited for: the coordinator starts (and replays the journal) while Tune starts the
-        # workers, whose first lease waits for it. The driver only runs Tune with trials left to run.
-        for callback in callbacks:
-            callback.sweep_name = name
-        trainable = tune.with_parameters(
-            run_worker,
-            data=split,
-            objective=objective,
-            model=config.model.model_dump(mode="json"),
-            seed=config.model.seed,
-            objective_metrics=tuple(o.metric for o in config.sweep.objectives),
-            coordinator=coordinator,
+    checkpoint()  # a Ctrl+C remembered mid-import since Ray was ready
+    # A first Ctrl+C from here on stops Tune at its next step (`StopOnEvent`), as Tune's own handler
+    # would, but also during Tune's set-up, which it would tear half way; the outcome is then written.
+    with winding_down() as interrupted:
+        # The coordinator writes the sweep's journal, so it runs where the driver (and its storage) is.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        coordinator: Any = (
+            ray.remote(Coordinator)
+            .options(num_cpus=0, scheduling_strategy=here, max_concurrency=1)
+            .remote(config.model_dump(mode="json"), name, str(state.root), deadline)
         )
-        attempts = state.folder / "tune"
-        attempt = len(list(attempts.glob("attempt-*"))) if attempts.exists() else 0
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, {"cpu": 1}),
-            param_space={"worker": tune.grid_search(list(range(config.sweep.concurrency)))},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=config.sweep.concurrency,
-                reuse_actors=False,
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=f"attempt-{attempt:03d}",
-                storage_path=str(attempts.resolve()),
-                verbose=0,
-                callbacks=[SweepProgressCallback(coordinator, counts.add), *callbacks],
-                failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
-                log_to_file=False,
-            ),
-        )
-        # Per-trial result files are off (they cost more than a fit), so the ResultGrid that
-        # Tune builds at the end finds none and would warn; the counts come from the coordinator.
-        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-        level = analysis_log.level
-        analysis_log.setLevel(logging.ERROR)
-        # Tune stops gracefully on a first Ctrl+C with a SIGINT handler of its own, which it leaves
-        # installed when none came: the one before is put back, so a later Ctrl+C is not ignored.
-        handler = signal.getsignal(signal.SIGINT)
         try:
-            log.info("coordinator ready; starting %d Tune workers", config.sweep.concurrency)
-            checkpoint()
-            tuner.fit()
+            # Not waited for: the coordinator starts (and replays the journal) while Tune starts the
+            # workers, whose first lease waits for it. The driver only runs Tune with trials left to run.
+            for callback in callbacks:
+                callback.sweep_name = name
+            tuner = _tuner(config, state, split, objective, coordinator,
+                           [SweepProgressCallback(coordinator, counts.add), *callbacks], StopOnEvent(interrupted))
+            # Per-trial result files are off (they cost more than a fit), so the ResultGrid that
+            # Tune builds at the end finds none and would warn; the counts come from the coordinator.
+            analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+            level = analysis_log.level
+            analysis_log.setLevel(logging.ERROR)
+            try:
+                log.info("coordinator ready; starting %d Tune workers", config.sweep.concurrency)
+                tuner.fit()
+            finally:
+                analysis_log.setLevel(level)
         finally:
-            analysis_log.setLevel(level)
-            if handler is not None and threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, handler)
-    finally:
-        spent = ray.get(coordinator.close.remote())
-        ray.kill(coordinator)
+            spent = ray.get(coordinator.close.remote())
+            ray.kill(coordinator)
     told = int(spent["told"])
     if told:
         counts.coordinator_ms_per_trial = 1000 * spent["cpu_s"] / told
     return told
+
+
+def _tuner(
+    config: Config,
+    state: SweepState,
+    split: Split,
+    objective: Objective,
+    coordinator: Any,
+    callbacks: list[Any],
+    stop: Stopper,
+) -> Tuner:
+    """The Tuner of one run: `concurrency` workers, each leasing configs from `coordinator`, in a new attempt folder."""
+    from ray import tune
+
+    from sweeps.sweep.workers import run_worker
+
+    trainable = tune.with_parameters(
+        run_worker,
+        data=split,
+        objective=objective,
+        model=config.model.model_dump(mode="json"),
+        seed=config.model.seed,
+        objective_metrics=tuple(o.metric for o in config.sweep.objectives),
+        coordinator=coordinator,
+    )
+    attempts = state.folder / "tune"
+    attempt = len(list(attempts.glob("attempt-*"))) if attempts.exists() else 0
+    return tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"worker": tune.grid_search(list(range(config.sweep.concurrency)))},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=config.sweep.concurrency,
+            reuse_actors=False,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=f"attempt-{attempt:03d}",
+            storage_path=str(attempts.resolve()),
+            verbose=0,
+            stop=stop,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=config.sweep.max_failures),
+            log_to_file=False,
+        ),
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from training.data import Split
 if TYPE_CHECKING:  # scikit-learn loads in the workers, which fit; the driver only schedules
     from training.objective import Metrics, PreparedSplit
 
-__all__ = ["TrialRecordCallback", "evaluate_config", "records_from_result", "run_worker"]
+__all__ = ["StopOnEvent", "TrialRecordCallback", "evaluate_config", "records_from_result", "run_worker"]
 
 
 def records_from_result(sweep: str, tune_trial_id: str, result: dict[str, Any]) -> list[TrialRecord]:
@@ -169,3 +170,23 @@ class SweepProgressCallback(TrialRecordCallback):
         worker = f"w{trial.config['worker']}"
         reason = f"worker {worker} (Tune trial {trial.trial_id}) died past its retries: {trial.error_file or 'error'}"
         ray.get(self._coordinator.abandon.remote(worker, reason))
+
+
+class StopOnEvent(tune.Stopper):
+    """Stops the whole Tune run at its next step once `event` is set (a Ctrl+C held by the engine)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles the run config with the experiment; an event does not pickle, nor need to.
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._event = threading.Event()
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False  # each trial runs until the coordinator has nothing left to lease
+
+    def stop_all(self) -> bool:
+        return self._event.is_set()

@@ -12,28 +12,42 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 _PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from Linux's /proc (children per thread)."""
+    found = [pid]
+    for parent in found:  # grows as children are found
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                found += [int(child) for child in children.read_text().split()]
+            except OSError:  # the thread ended meanwhile
+                continue
+    return found
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
+    except OSError:
+        return "(ended)"
 
 
 def stacks(pid: int) -> str:
     """The Python stacks of `pid` and its descendants (what `py-spy dump` prints), or why there are none."""
     if _PY_SPY is None:
         return "(no py-spy to dump the stacks with)"
-    try:
-        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return f"(process {pid} has ended)"
     dumps = []
-    for process in tree:
+    for member in _tree(pid):
         try:
-            dump = subprocess.run([_PY_SPY, "dump", "--pid", str(process.pid)], capture_output=True, text=True,
+            dump = subprocess.run([_PY_SPY, "dump", "--pid", str(member)], capture_output=True, text=True,
                                   timeout=30, check=False)
-            dumps.append(f"--- {process.pid} {' '.join(process.cmdline())[:200]}\n{dump.stdout}{dump.stderr}")
-        except (psutil.Error, subprocess.TimeoutExpired) as exc:
-            dumps.append(f"--- {process.pid}: {exc}")
+            dumps.append(f"--- {member} {_command(member)}\n{dump.stdout}{dump.stderr}")
+        except subprocess.TimeoutExpired as exc:
+            dumps.append(f"--- {member}: {exc}")
     return "\n".join(dumps)
 
 
@@ -46,5 +60,5 @@ def communicate_or_dump(process: subprocess.Popen[str], timeout: float) -> tuple
     dumped = stacks(process.pid)
     process.kill()
     out, err = process.communicate()
-    pytest.fail(f"{' '.join(map(str, process.args))[:300]} still ran {timeout} s on; its stacks:\n{dumped}\n"
+    pytest.fail(f"{str(process.args)[:300]} still ran {timeout} s on; its stacks:\n{dumped}\n"
                 f"stdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")

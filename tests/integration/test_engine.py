@@ -24,6 +24,7 @@ from sweeps.sweep.engine import SweepOutcome, record_from_trial, resolve_sweep_n
 from sweeps.sweep.journal import has_records
 from sweeps.sweep.snapshot import read_table
 from sweeps.sweep.state import SweepState
+from sweeps.sweep.workers import TrialRecordCallback
 from sweeps.tracking.sweep_runs import SweepTracker
 from tests.integration.stacks import communicate_or_dump
 from training.objective import Metrics, PreparedSplit, evaluate
@@ -236,3 +237,24 @@ def test_time_budget_stops_leasing_and_leaves_no_trial_running(data_dir: Path, t
     assert 0 < len(outcome.records) < 4000
     states = {t.state for t in _study(outcome).trials}
     assert optuna.trial.TrialState.RUNNING not in states, "leased trials are finished, not abandoned"
+
+
+class _CtrlCWhileTuneIsSetUp(TrialRecordCallback):
+    """Sends its own process a SIGINT when the engine names it, which the engine does while it sets Tune up."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "sweep_name":
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_while_tune_is_set_up_stops_the_sweep_at_tune_s_first_step_with_its_outcome(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # Raised there as KeyboardInterrupt, a Ctrl+C would tear Tune's set-up (Ray calls, actors) half way.
+    outcome = run_sweep(_config(data_dir, tmp_path, "sweep.num_trials=4000", "sweep.name=ctrl-c"),
+                        callbacks=[_CtrlCWhileTuneIsSetUp()])
+    assert outcome.status == "interrupted"
+    assert len(outcome.records) < 4000
+    assert SweepState(outcome.state_dir.parent, "ctrl-c").read_meta()["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "library use keeps Python's handler"

@@ -2,8 +2,9 @@
 
 Each case starts a real `sweeps run` (smoke config, tracked, in tmp_path) and sends SIGINT at a
 different point: while Python imports the commands, while the config and data load, the moment
-the sweep's state is written (Ray starting), and the moment Tune starts. Never a traceback, a
-segmentation fault or a lost Ctrl+C; `sweeps ls` and `sweeps show` read the state afterwards.
+the sweep's state is written (Ray starting), and the moment Tune starts (Tune then stops at its
+first step, and the sweep's MLflow run is closed as KILLED). Never a traceback, a segmentation
+fault or a lost Ctrl+C; `sweeps ls` and `sweeps show` read the state afterwards.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from sweeps.config import CONFIG_DIR
+from sweeps.tracking.names import KIND_SWEEP, TAG_KIND
 from tests.integration.stacks import communicate_or_dump
 
 pytestmark = pytest.mark.integration
@@ -80,3 +83,8 @@ def test_sigint_during_start_up_exits_130_saying_what_happened_and_how_to_contin
     assert summary["status"] == "interrupted"
     assert summary["trials"] < summary["requested"] == 2000
     assert f"has {summary['trials']} of 2000 trials" in messages[0] or "before sweep 'smoke' started" in messages[0]
+    if point == "tune starting":  # Tune stops at its first step, and the sweep's outcome is written
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  filter_string=f"tags.`{TAG_KIND}` = '{KIND_SWEEP}'")
+        assert [r.info.status for r in runs] == ["KILLED"]

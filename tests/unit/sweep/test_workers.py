@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+import ray.cloudpickle
 
 from sweeps.config import ModelConfig
 from sweeps.sweep import workers
@@ -104,3 +106,15 @@ print("sklearn" in sys.modules, objective.__module__, len(bundle.split.y_train) 
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "sweeps.sweep.workers", "True"], done.stderr[-2000:]
+
+
+def test_the_interrupt_stopper_stops_the_whole_run_once_its_event_is_set_and_pickles_with_tune_s_state() -> None:
+    event = threading.Event()
+    stopper = workers.StopOnEvent(event)
+    assert not stopper.stop_all()
+    assert not stopper("trial-1", {"done": False})
+    event.set()
+    assert stopper.stop_all()
+    assert not stopper("trial-1", {}), "no single trial is stopped: the whole run is"
+    restored = ray.cloudpickle.loads(ray.cloudpickle.dumps(stopper))  # as Tune saves the run config
+    assert not restored.stop_all()
