@@ -23,6 +23,7 @@ from ray import serve
 from sweeps._compat.ray_node import shutdown
 from sweeps._compat.ray_serve import serve_env
 from sweeps.errors import RunFailed
+from sweeps.processes import descendants
 from sweeps.serving.app import AppArgs, build_application
 from sweeps.serving.front import ENV_LIMITS, front_env
 
@@ -103,7 +104,7 @@ class Endpoint:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        children = _descendants(os.getpid()) if self._started_ray else []
+        children = descendants(os.getpid()) if self._started_ray else []
         try:
             if ray.is_initialized():
                 if self._started_serve and not self._started_ray:
@@ -122,23 +123,6 @@ class Endpoint:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (Linux /proc; empty elsewhere)."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def _alive(pid: int) -> bool:

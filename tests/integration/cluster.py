@@ -173,7 +173,7 @@ def _read_proc(pid: int, name: str) -> bytes:
         return b""
 
 
-def _command_line(pid: int) -> str:
+def command_line(pid: int) -> str:
     return _read_proc(pid, "cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
 
 
@@ -224,7 +224,7 @@ def _stop(processes: list[subprocess.Popen[bytes]], temp_root: Path, gcs_port: i
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=grace_s)
     leftovers = ray_processes_of(temp_root, gcs_port, groups)
-    described = [f"{pid} {_command_line(pid)[:100]}" for pid in leftovers]
+    described = [f"{pid} {command_line(pid)[:100]}" for pid in leftovers]
     for pid in leftovers:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + 5

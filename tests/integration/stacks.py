@@ -14,26 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from sweeps.processes import descendants
+from tests.integration.cluster import command_line
+
 _PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-
-
-def _tree(pid: int) -> list[int]:
-    """`pid` and its descendants, from Linux's /proc (children per thread)."""
-    found = [pid]
-    for parent in found:  # grows as children are found
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
-            try:
-                found += [int(child) for child in children.read_text().split()]
-            except OSError:  # the thread ended meanwhile
-                continue
-    return found
-
-
-def _command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200]
-    except OSError:
-        return "(ended)"
 
 
 def stacks(pid: int) -> str:
@@ -41,11 +25,11 @@ def stacks(pid: int) -> str:
     if _PY_SPY is None:
         return "(no py-spy to dump the stacks with)"
     dumps = []
-    for member in _tree(pid):
+    for member in [pid, *descendants(pid)]:
         try:
             dump = subprocess.run([_PY_SPY, "dump", "--pid", str(member)], capture_output=True, text=True,
                                   timeout=30, check=False)
-            dumps.append(f"--- {member} {_command(member)}\n{dump.stdout}{dump.stderr}")
+            dumps.append(f"--- {member} {command_line(member)[:200]}\n{dump.stdout}{dump.stderr}")
         except subprocess.TimeoutExpired as exc:
             dumps.append(f"--- {member}: {exc}")
     return "\n".join(dumps)
